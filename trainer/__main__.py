@@ -1,0 +1,15 @@
+"""`python -m trainer` / `accelerate launch -m trainer`: train, keep the best epoch, evaluate on test."""
+
+import logging
+import sys
+
+from .data import DatasetLayoutError
+from .model import PretrainedWeightsUnavailable
+from .train import main
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        main()
+    except (DatasetLayoutError, PretrainedWeightsUnavailable, ValueError) as error:
+        sys.exit(f"error: {error}")

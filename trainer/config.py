@@ -1,0 +1,71 @@
+"""Every training option in one dataclass; the command line is generated from it, one flag per field."""
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "chest_xray"
+
+
+def option(default, help: str, **argparse_kwargs):
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainingConfig:
+    # Data
+    data_dir: str = option(str(BUNDLED_SAMPLE), "Kaggle-layout folder with train/ and test/ (each with NORMAL/ and "
+                           "PNEUMONIA/). Defaults to the small real sample bundled with the repository.")
+    val_fraction: float = option(0.1, "Fraction of train/ held out for validation, grouped by patient.")
+    output_dir: str = option("outputs", "Where splits.json, best/, all_results.json and plots are written.")
+    # Model
+    model_name: str = option("resnet18", "timm backbone architecture.")
+    pretrained: bool = option(True, "Start from ImageNet weights (downloaded from the Hub on first use).",
+                              flag="--no_pretrained")
+    head_hidden_dim: int = option(256, "Width of the head's hidden layer.")
+    dropout: float = option(0.5, "Dropout before the head's output layer.")
+    # Optimisation
+    num_train_epochs: int = option(10, "Number of training epochs.")
+    per_device_train_batch_size: int = option(32, "Training batch size per process.")
+    per_device_eval_batch_size: int = option(64, "Evaluation batch size per process.")
+    learning_rate: float = option(1e-3, "Adam learning rate for the head.")
+    weight_decay: float = option(0.0, "Adam weight decay.")
+    lr_patience: int = option(2, "ReduceLROnPlateau: epochs without a better validation accuracy before the lr drops.")
+    lr_factor: float = option(0.1, "ReduceLROnPlateau: factor the learning rate is multiplied by.")
+    rotation_degrees: float = option(10.0, "Random rotation range (+/- degrees) for training augmentation.")
+    # Runtime
+    seed: int = option(42, "Seed for the split, the head initialisation and data order.")
+    num_workers: int = option(2, "DataLoader worker processes per process.")
+    mixed_precision: str | None = option(None, "no, fp16 or bf16; default: what `accelerate launch` was configured with.",
+                                         choices=["no", "fp16", "bf16"])
+
+    def __post_init__(self):
+        if not 0 < self.val_fraction < 0.5:
+            raise ValueError(f"--val_fraction must be between 0 and 0.5, got {self.val_fraction}.")
+        for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "head_hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}.")
+
+
+def build_parser(config_class=TrainingConfig, description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per dataclass field; bools default-True become `--no_X`."""
+    parser = argparse.ArgumentParser(description=description)
+    for config_field in dataclasses.fields(config_class):
+        meta = dict(config_field.metadata)
+        help_text = f"{meta.pop('help')} (default: {config_field.default})"
+        if config_field.type is bool or config_field.type == "bool":
+            flag = meta.pop("flag", f"--{config_field.name}")
+            action = "store_false" if config_field.default else "store_true"
+            parser.add_argument(flag, dest=config_field.name, action=action, help=help_text)
+        else:
+            value_type = {int: int, float: float}.get(config_field.type, str)
+            parser.add_argument(f"--{config_field.name}", type=value_type, default=config_field.default,
+                                help=help_text, **meta)
+    return parser
+
+
+def parse_config(argv=None) -> TrainingConfig:
+    return TrainingConfig(**vars(build_parser(description="Train the pneumonia classifier.").parse_args(argv)))

@@ -1,0 +1,134 @@
+"""Load a Kaggle-layout chest X-ray folder and carve a patient-grouped validation split from train/.
+
+Layout: DATA_DIR/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg. An extra val/ folder (16 images in the
+Kaggle download) is ignored: validation comes from train/, stratified by label and grouped by
+patient, so no patient has images on both sides.
+"""
+
+import logging
+import re
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
+
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+SPLIT_FOLDERS = ("train", "test")
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff"}
+# personNNN_bacteria_MMM.jpeg, IM-NNNN-MMMM.jpeg, NORMAL2-IM-NNNN-MMMM.jpeg (see the data README).
+# NORMAL2-IM-NNNN and IM-NNNN are treated as one patient: merging can only reduce leakage.
+PATIENT_PATTERN = re.compile(r"^(?:(person\d+)_|(?:NORMAL2-)?(IM-\d+)-)")
+
+
+class DatasetLayoutError(ValueError):
+    """The data folder does not have the Kaggle layout or holds unreadable files."""
+
+
+def patient_id(file_name: str) -> str:
+    """Return the patient a Kaggle file name belongs to; unknown names count as their own patient."""
+    match = PATIENT_PATTERN.match(Path(file_name).name)
+    if match is None:
+        return Path(file_name).stem
+    return match.group(1) or match.group(2)
+
+
+def image_files(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def check_layout(data_dir: Path) -> None:
+    """Raise DatasetLayoutError unless every split has a non-empty folder per class."""
+    if not data_dir.is_dir():
+        raise DatasetLayoutError(f"Data folder {data_dir} does not exist. Pass --data_dir pointing at the "
+                                 "Kaggle folder that holds train/ and test/ (or omit it to use the bundled sample).")
+    if (data_dir / "val").is_dir():
+        logger.info("Ignoring %s: validation is carved from train/ (grouped by patient).", data_dir / "val")
+    for split in SPLIT_FOLDERS:
+        if not (data_dir / split).is_dir():
+            raise DatasetLayoutError(f"{data_dir} has no {split}/ folder. Expected the Kaggle layout "
+                                     f"{data_dir}/{{train,test}}/{{NORMAL,PNEUMONIA}}/.")
+        for class_name in CLASS_NAMES:
+            class_dir = data_dir / split / class_name
+            if not class_dir.is_dir():
+                raise DatasetLayoutError(f"Class folder {class_dir} is missing. Each of train/ and test/ "
+                                         f"needs {' and '.join(CLASS_NAMES)} folders.")
+            if not image_files(class_dir):
+                raise DatasetLayoutError(f"Class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+
+
+def is_readable(path: Path) -> bool:
+    """Decode at reduced scale (JPEG draft mode): catches truncated and corrupt files cheaply."""
+    try:
+        with Image.open(path) as image:
+            image.draft("L", (64, 64))
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def check_images(data_dir: Path) -> None:
+    """Raise DatasetLayoutError naming every image under data_dir that cannot be decoded."""
+    paths = [p for split in SPLIT_FOLDERS for c in CLASS_NAMES for p in image_files(data_dir / split / c)]
+    unreadable = [p for p in paths if not is_readable(p)]
+    if unreadable:
+        listing = "\n  ".join(str(p) for p in unreadable[:20])
+        more = f"\n  ... and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""
+        raise DatasetLayoutError(f"{len(unreadable)} image(s) cannot be decoded; delete or replace them:\n  {listing}{more}")
+
+
+def load_chest_xray(data_dir: str | Path, verify_images: bool = True) -> datasets.DatasetDict:
+    """Load train/ and test/ as a `datasets` imagefolder with columns image, label, file_name (CLASS/name).
+
+    Raises DatasetLayoutError for a wrong layout or undecodable images, before any training.
+    """
+    data_dir = Path(data_dir)
+    check_layout(data_dir)
+    if verify_images:
+        check_images(data_dir)
+    data_files = {split: [str(p) for c in CLASS_NAMES for p in image_files(data_dir / split / c)]
+                  for split in SPLIT_FOLDERS}
+    dataset = datasets.load_dataset("imagefolder", data_files=data_files)
+    names = dataset["train"].features["label"].names
+    if tuple(names) != CLASS_NAMES:
+        raise DatasetLayoutError(f"Expected labels {CLASS_NAMES} from the class folders, found {names}.")
+    return add_file_names(dataset)
+
+
+def add_file_names(dataset: datasets.DatasetDict) -> datasets.DatasetDict:
+    """Add a file_name column ("CLASS/name.jpeg") without decoding any image."""
+    for split, part in dataset.items():
+        paths = part.cast_column("image", datasets.Image(decode=False))["image"]
+        dataset[split] = part.add_column("file_name", ["/".join(Path(p["path"]).parts[-2:]) for p in paths])
+    return dataset
+
+
+def split_by_patient(train: datasets.Dataset, val_fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Carve a validation set from `train`, stratified by label and grouped by patient."""
+    if not 0 < val_fraction < 0.5:
+        raise ValueError(f"--val_fraction must be in (0, 0.5), got {val_fraction}.")
+    folds = StratifiedGroupKFold(n_splits=round(1 / val_fraction), shuffle=True, random_state=seed)
+    labels = np.array(train["label"])
+    groups = [patient_id(name) for name in train["file_name"]]
+    # Grouping makes fold proportions uneven on small data: keep the best-stratified fold.
+    train_idx, val_idx = min(folds.split(labels, labels, groups),
+                             key=lambda fold: abs(labels[fold[0]].mean() - labels[fold[1]].mean()))
+    return train.select(train_idx), train.select(val_idx)
+
+
+def split_manifest(splits: dict[str, datasets.Dataset], val_fraction: float, seed: int) -> dict:
+    """The split actually used, as written to output_dir/splits.json."""
+    files = {name: sorted(part["file_name"]) for name, part in splits.items()}
+    return {
+        "procedure": (f"validation = one fold of sklearn StratifiedGroupKFold(n_splits={round(1 / val_fraction)}, "
+                      f"shuffle=True, random_state={seed}) over train/, stratified by label, grouped by patient id "
+                      "from the file name (the fold whose class balance best matches the rest); "
+                      "test = the untouched test/ folder"),
+        "label_names": list(CLASS_NAMES),
+        **files,
+    }

@@ -1,0 +1,140 @@
+"""The classifier: a frozen timm backbone (BatchNorm statistics included) and a small trainable head."""
+
+import logging
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from huggingface_hub import PyTorchModelHubMixin, constants, try_to_load_from_cache
+from PIL import Image
+from torch import nn
+
+from .preprocessing import eval_transform, load_image, preprocessing_config
+
+logger = logging.getLogger(__name__)
+
+LABELS = ["NORMAL", "PNEUMONIA"]
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights were requested but could not be downloaded or found in the cache."""
+
+
+def frozen_backbone(model_name: str, pretrained: bool) -> nn.Module:
+    """A timm feature extractor (no classifier) with every parameter and BatchNorm statistic frozen."""
+    backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
+    # freeze() swaps BatchNorm for FrozenBatchNorm2d, so running stats cannot move in train mode.
+    timm.utils.freeze(backbone)
+    return backbone.eval()
+
+
+def weights_cached(model_name: str) -> bool:
+    """Whether the default ImageNet weights of `model_name` are already in the Hugging Face cache."""
+    repo_id = timm.models.get_pretrained_cfg(model_name).hf_hub_id
+    return bool(repo_id) and any(isinstance(try_to_load_from_cache(repo_id, name), str)
+                                 for name in ("model.safetensors", "pytorch_model.bin"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hub endpoint, instead of the client's five slow retries."""
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def imagenet_backbone(model_name: str) -> nn.Module:
+    """The frozen backbone with ImageNet weights, or a clear error at once when they cannot be had."""
+    advice = "Check the network, or pass --no_pretrained to train from random initialisation."
+    if not weights_cached(model_name) and (constants.HF_HUB_OFFLINE or not hub_reachable()):
+        raise PretrainedWeightsUnavailable(
+            f"ImageNet weights for {model_name!r} are not in the local cache and the Hub ({constants.ENDPOINT}) "
+            f"is {'disabled by HF_HUB_OFFLINE' if constants.HF_HUB_OFFLINE else 'unreachable'}. {advice}")
+    try:
+        return frozen_backbone(model_name, pretrained=True)
+    except Exception as error:  # timm and huggingface_hub raise many network and cache error types
+        raise PretrainedWeightsUnavailable(
+            f"Could not load ImageNet weights for {model_name!r} ({type(error).__name__}: {error}). {advice}"
+        ) from error
+
+
+class PneumoniaClassifier(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="timm",
+    pipeline_tag="image-classification",
+    license="cc-by-4.0",
+    tags=["chest-x-ray", "pneumonia", "medical-imaging", "research-only"],
+):
+    """NORMAL vs PNEUMONIA classifier; its `__init__` arguments are its saved config.
+
+    `PneumoniaClassifier.from_pretrained(dir_or_repo_id)` reloads a saved model; `predict(image)`
+    returns `{label: probability}` with the stored preprocessing applied.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet18",
+        head_hidden_dim: int = 256,
+        dropout: float = 0.5,
+        labels: list[str] = LABELS,
+        preprocessing: dict | None = None,
+        imagenet_weights: bool = False,
+        threshold: float = 0.5,
+    ):
+        super().__init__()
+        # Weights always come from a checkpoint or from `with_imagenet_backbone`; never download here.
+        self.backbone = frozen_backbone(model_name, pretrained=False)
+        self.head = nn.Sequential(
+            nn.Linear(self.backbone.num_features, head_hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden_dim, len(labels)),
+        )
+        self.labels = list(labels)
+        self.preprocessing = preprocessing or preprocessing_config(self.backbone)
+        self.imagenet_weights = imagenet_weights
+        self.threshold = threshold
+        self._transform = None
+
+    @classmethod
+    def for_training(cls, model_name: str, pretrained: bool, head_hidden_dim: int, dropout: float) -> "PneumoniaClassifier":
+        """A fresh model whose backbone carries ImageNet weights when `pretrained` is true."""
+        model = cls(model_name, head_hidden_dim, dropout, imagenet_weights=pretrained)
+        if pretrained:
+            model.backbone.load_state_dict(imagenet_backbone(model_name).state_dict())
+        return model
+
+    def train(self, mode: bool = True) -> "PneumoniaClassifier":
+        """Only the head ever trains; the frozen backbone stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.backbone(pixel_values)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(pixel_values))
+
+    @property
+    def transform(self):
+        if self._transform is None:
+            self._transform = eval_transform(self.preprocessing)
+        return self._transform
+
+    @torch.inference_mode()
+    def predict(self, image: str | Path | Image.Image) -> dict[str, float]:
+        """Return `{label: probability}` for an image path or PIL image (any mode)."""
+        if not isinstance(image, Image.Image):
+            image = load_image(image)
+        self.eval()
+        device = next(self.parameters()).device
+        pixel_values = self.transform(image).unsqueeze(0).to(device)
+        probabilities = self(pixel_values).float().softmax(dim=-1)[0]
+        return {label: float(p) for label, p in zip(self.labels, probabilities)}

@@ -1,0 +1,73 @@
+"""The one image preprocessing definition, shared by training, evaluation, the CLI and the app.
+
+Size, mean, std and interpolation come from the backbone's timm data config. Chest X-rays are
+resized whole to the square input ("squash") instead of timm's default resize-then-centre-crop:
+a centre crop cuts the lung edges off wide radiographs, and squashing makes the full-size Kaggle
+originals (1-3k px, wider than tall) and the 224x224 shared copy look alike to the model.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import timm.data
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms
+
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+
+class UnreadableImageError(ValueError):
+    """An input file that is not a decodable image."""
+
+
+def preprocessing_config(backbone: torch.nn.Module) -> dict:
+    """Return the JSON-able preprocessing stored with the model: timm's data config, squashed."""
+    config = timm.data.resolve_model_data_config(backbone)
+    return {
+        "input_size": list(config["input_size"]),
+        "interpolation": config["interpolation"],
+        "mean": list(config["mean"]),
+        "std": list(config["std"]),
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    }
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert an image of any PIL mode (L, LA, RGB, RGBA, P, I;16, I, F) to 8-bit RGB.
+
+    16-bit images are scaled by their full range; 32-bit integer and float images by their own
+    min-max, since they carry no fixed range. Alpha is dropped.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.float32) / 257.0
+    elif image.mode in {"I", "F"}:
+        pixels = np.asarray(image, dtype=np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file as RGB; raise UnreadableImageError naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UnreadableImageError(f"Cannot read image {path}: {error}. Replace or delete the file.") from error
+
+
+def eval_transform(preprocessing: dict) -> transforms.Compose:
+    """PIL image of any mode → normalised float tensor, exactly as the model saw in training."""
+    timm_transform = timm.data.create_transform(**preprocessing, is_training=False)
+    return transforms.Compose([transforms.Lambda(to_rgb), *timm_transform.transforms])
+
+
+def train_transform(preprocessing: dict, rotation_degrees: float) -> transforms.Compose:
+    """The eval transform preceded by the mission's augmentation: horizontal flip, small rotation."""
+    augmentation = [transforms.RandomHorizontalFlip(), transforms.RandomRotation(rotation_degrees)]
+    return transforms.Compose([transforms.Lambda(to_rgb), *augmentation, *eval_transform(preprocessing).transforms[1:]])

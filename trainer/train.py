@@ -1,0 +1,162 @@
+"""Train the head of a frozen-backbone classifier with Accelerate, keep the best epoch, evaluate on test.
+
+    accelerate launch -m trainer --data_dir path/to/chest_xray --output_dir outputs/run1
+"""
+
+import math
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from sklearn.metrics import accuracy_score
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .config import TrainingConfig, parse_config
+from .data import CLASS_NAMES, load_chest_xray, split_by_patient, split_manifest
+from .evaluation import compute_metrics, plot_confusion_matrix, predict_loader, results_table, write_json
+from .model import PneumoniaClassifier
+from .preprocessing import eval_transform, train_transform
+
+logger = get_logger(__name__)
+
+
+def make_loader(dataset: datasets.Dataset, transform, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    """A DataLoader of {"pixel_values", "labels"} batches, decoding and transforming on the fly."""
+    def apply(batch):
+        return {"pixel_values": [transform(image) for image in batch["image"]], "labels": batch["label"]}
+
+    def collate(rows):
+        return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+                "labels": torch.tensor([r["labels"] for r in rows])}
+
+    return DataLoader(dataset.with_transform(apply), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=num_workers, collate_fn=collate)
+
+
+def class_weighted_loss(train_labels: list[int]) -> torch.nn.CrossEntropyLoss:
+    """Cross-entropy weighted by inverse class frequency of the training split ("balanced")."""
+    weights = compute_class_weight("balanced", classes=np.arange(len(CLASS_NAMES)), y=np.array(train_labels))
+    return torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+
+
+def train_one_epoch(model, loader, criterion, optimizer, accelerator: Accelerator, epoch: int) -> float:
+    """One pass over the training loader; returns the mean training loss across processes."""
+    model.train()
+    losses = []
+    for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False):
+        loss = criterion(model(batch["pixel_values"]), batch["labels"])
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(accelerator.gather(loss.detach()).mean().item())
+    return float(np.mean(losses))
+
+
+@torch.inference_mode()
+def validate(model, loader, criterion, accelerator: Accelerator) -> dict[str, float]:
+    """Validation loss (same class-weighted criterion) and accuracy, every sample counted once."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        logits, labels = accelerator.gather_for_metrics((model(batch["pixel_values"]).float(), batch["labels"]))
+        all_logits.append(logits.cpu())
+        all_labels.append(labels.cpu())
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    return {"loss": criterion.cpu()(logits, labels).item(),
+            "accuracy": accuracy_score(labels.numpy(), logits.argmax(dim=-1).numpy())}
+
+
+def is_better(val: dict, best: dict | None) -> bool:
+    """Best by validation accuracy; ties go to the lower validation loss."""
+    return best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"])
+
+
+def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict, output_dir: Path) -> dict:
+    """Train the head, saving the best epoch to output_dir/best/. Returns the best epoch's record."""
+    preprocessing = model.preprocessing
+    train_loader = make_loader(splits["train"], train_transform(preprocessing, config.rotation_degrees),
+                               config.per_device_train_batch_size, True, config.num_workers)
+    val_loader = make_loader(splits["validation"], eval_transform(preprocessing),
+                             config.per_device_eval_batch_size, False, config.num_workers)
+    criterion = class_weighted_loss(splits["train"]["label"]).to(accelerator.device)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # Stepped by hand once per epoch: accelerate's scheduler wrapper would step it once per process.
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor,
+                                                           patience=config.lr_patience)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+
+    best, history = None, []
+    for epoch in range(1, config.num_train_epochs + 1):
+        started = time.perf_counter()
+        train_loss = train_one_epoch(model, train_loader, criterion, optimizer, accelerator, epoch)
+        val = validate(model, val_loader, criterion.to(accelerator.device), accelerator)
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+        scheduler.step(val["accuracy"])
+        history.append(record)
+        logger.info("epoch %d: train_loss %.4f  val_loss %.4f  val_accuracy %.4f  lr %.2e  (%.0fs)", epoch,
+                    train_loss, val["loss"], val["accuracy"], record["lr"], record["seconds"])
+        if is_better(val, best):
+            best = {**val, "epoch": epoch}
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json({"history": history}, output_dir / "training_history.json")
+    return best
+
+
+def evaluate_on_test(config: TrainingConfig, accelerator: Accelerator, test: datasets.Dataset, best_dir: Path) -> dict:
+    """Reload the best checkpoint and compute test metrics (keys prefixed `test_`)."""
+    model = PneumoniaClassifier.from_pretrained(best_dir)
+    loader = make_loader(test, eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
+                         config.num_workers)
+    model, loader = accelerator.prepare(model, loader)
+    labels, scores = predict_loader(model, loader, accelerator, description="test")
+    metrics = compute_metrics(labels, scores, accelerator.unwrap_model(model).threshold)
+    return {f"test_{key}": value for key, value in metrics.items()} | {"test_samples": int(len(labels))}
+
+
+def main(argv=None) -> dict:
+    """Run every stage; returns what was written to output_dir/all_results.json."""
+    config = parse_config(argv)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    output_dir = Path(config.output_dir)
+    set_seed(config.seed)
+    started = time.perf_counter()
+
+    # Load and check the data before spending time on anything else
+    data = load_chest_xray(config.data_dir)
+    train_split, val_split = split_by_patient(data["train"], config.val_fraction, config.seed)
+    splits = {"train": train_split, "validation": val_split, "test": data["test"]}
+    logger.info("split sizes: %s", {name: len(part) for name, part in splits.items()})
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(split_manifest(splits, config.val_fraction, config.seed), output_dir / "splits.json")
+
+    # Build the model
+    model = PneumoniaClassifier.for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
+
+    # Train!
+    best = train(config, accelerator, model, splits, output_dir)
+
+    # Evaluate the best model on the untouched test set
+    results = evaluate_on_test(config, accelerator, splits["test"], output_dir / "best")
+    results |= {"best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"], "best_val_loss": best["loss"],
+                "imagenet_weights": config.pretrained, "model_name": config.model_name,
+                "num_train_epochs": config.num_train_epochs, "train_samples": len(train_split),
+                "validation_samples": len(val_split), "train_runtime_seconds": time.perf_counter() - started}
+    if accelerator.is_main_process:
+        write_json(results, output_dir / "all_results.json")
+        plot_confusion_matrix(results["test_confusion_matrix"], results["test_confusion_matrix_labels"],
+                              output_dir / "confusion_matrix.png", f"Test set (n={results['test_samples']})")
+    accelerator.print(results_table(results))
+    accelerator.end_training()
+    return results
