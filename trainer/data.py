@@ -11,9 +11,10 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
-
+from torch.utils.data import DataLoader
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +133,16 @@ def split_manifest(splits: dict[str, datasets.Dataset], val_fraction: float, see
         "label_names": list(CLASS_NAMES),
         **files,
     }
+
+
+def make_loader(dataset: datasets.Dataset, transform, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    """A DataLoader of {"pixel_values", "labels"} batches, decoding and transforming on the fly."""
+    def apply(batch):
+        return {"pixel_values": [transform(image) for image in batch["image"]], "labels": batch["label"]}
+
+    def collate(rows):
+        return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+                "labels": torch.tensor([r["labels"] for r in rows])}
+
+    return DataLoader(dataset.with_transform(apply), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=num_workers, collate_fn=collate)

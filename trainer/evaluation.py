@@ -1,8 +1,15 @@
-"""Test-set evaluation: the project's evaluate metric, a confusion-matrix plot and a printed table."""
+"""Test-set evaluation: the project's evaluate metric, a confusion-matrix plot and a printed table.
 
+Training ends with this evaluation; to evaluate a saved model again (or on another folder):
+
+    python -m trainer.evaluation --model outputs/best --data_dir path/to/chest_xray --output_dir outputs/eval
+"""
+
+import argparse
 import json
 from pathlib import Path
 
+import datasets
 import evaluate
 import matplotlib
 import numpy as np
@@ -10,6 +17,11 @@ import torch
 from accelerate import Accelerator
 from sklearn.metrics import ConfusionMatrixDisplay
 from tqdm.auto import tqdm
+
+from .config import BUNDLED_SAMPLE
+from .data import load_chest_xray, make_loader
+from .model import PneumoniaClassifier
+from .preprocessing import eval_transform
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -67,3 +79,46 @@ def results_table(results: dict) -> str:
 
 def write_json(data: dict, path: Path) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: datasets.Dataset, test_dir: Path,
+                     output_dir: Path, batch_size: int, num_workers: int) -> dict:
+    """Evaluate a saved model on the test split; write per-image predictions; return `test_` metrics."""
+    model = PneumoniaClassifier.from_pretrained(model_dir)
+    loader = make_loader(test, eval_transform(model.preprocessing), batch_size, False, num_workers)
+    model, loader = accelerator.prepare(model, loader)
+    labels, scores = predict_loader(model, loader, accelerator, description="test")
+    metrics = compute_metrics(labels, scores, accelerator.unwrap_model(model).threshold)
+    if accelerator.is_main_process:
+        write_json([{"path": str(test_dir / name), "label": int(label), "pneumonia_probability": float(score)}
+                    for name, label, score in zip(test["file_name"], labels, scores)],
+                   output_dir / "test_predictions.json")
+    return {f"test_{key}": value for key, value in metrics.items()} | {"test_samples": int(len(labels))}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="Evaluate a saved model on the test/ folder of a Kaggle-layout dataset.")
+    parser.add_argument("--model", default="outputs/best", help="Folder saved by the trainer, or a Hub repo id.")
+    parser.add_argument("--data_dir", default=str(BUNDLED_SAMPLE), help="Kaggle-layout folder; only test/ is used.")
+    parser.add_argument("--output_dir", default="outputs/eval", help="Where eval_results.json and plots are written.")
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Batch size per process.")
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes.")
+    args = parser.parse_args(argv)
+
+    accelerator = Accelerator()
+    output_dir = Path(args.output_dir)
+    test = load_chest_xray(args.data_dir)["test"]
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    results = evaluate_on_test(accelerator, args.model, test, Path(args.data_dir) / "test", output_dir,
+                               args.per_device_eval_batch_size, args.num_workers)
+    if accelerator.is_main_process:
+        write_json(results, output_dir / "eval_results.json")
+        plot_confusion_matrix(results["test_confusion_matrix"], results["test_confusion_matrix_labels"],
+                              output_dir / "confusion_matrix.png", f"Test set (n={results['test_samples']})")
+    accelerator.print(results_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

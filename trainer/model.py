@@ -97,7 +97,7 @@ class PneumoniaClassifier(
             nn.Linear(head_hidden_dim, len(labels)),
         )
         self.labels = list(labels)
-        self.preprocessing = preprocessing or preprocessing_config(self.backbone)
+        self.preprocessing = preprocessing or preprocessing_config(model_name)
         self.imagenet_weights = imagenet_weights
         self.threshold = threshold
         self._transform = None
@@ -105,7 +105,8 @@ class PneumoniaClassifier(
     @classmethod
     def for_training(cls, model_name: str, pretrained: bool, head_hidden_dim: int, dropout: float) -> "PneumoniaClassifier":
         """A fresh model whose backbone carries ImageNet weights when `pretrained` is true."""
-        model = cls(model_name, head_hidden_dim, dropout, imagenet_weights=pretrained)
+        model = cls(model_name, head_hidden_dim, dropout, preprocessing=preprocessing_config(model_name),
+                    imagenet_weights=pretrained)
         if pretrained:
             model.backbone.load_state_dict(imagenet_backbone(model_name).state_dict())
         return model

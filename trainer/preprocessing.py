@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import timm.data
-import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms
 
@@ -21,9 +20,10 @@ class UnreadableImageError(ValueError):
     """An input file that is not a decodable image."""
 
 
-def preprocessing_config(backbone: torch.nn.Module) -> dict:
-    """Return the JSON-able preprocessing stored with the model: timm's data config, squashed."""
-    config = timm.data.resolve_model_data_config(backbone)
+def preprocessing_config(model_name: str) -> dict:
+    """The JSON-able preprocessing stored with the model: the backbone's timm data config, squashed."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name).to_dict()
+    config = timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg)
     return {
         "input_size": list(config["input_size"]),
         "interpolation": config["interpolation"],
@@ -37,18 +37,25 @@ def preprocessing_config(backbone: torch.nn.Module) -> dict:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert an image of any PIL mode (L, LA, RGB, RGBA, P, I;16, I, F) to 8-bit RGB.
 
-    16-bit images are scaled by their full range; 32-bit integer and float images by their own
-    min-max, since they carry no fixed range. Alpha is dropped.
+    16-bit images are scaled by their full range (65535 → 255). 32-bit integer images (how some
+    readers store 8- or 16-bit data) by the smallest of those ranges that holds them; float images
+    by their own min-max. Alpha is dropped.
     """
-    if image.mode in SIXTEEN_BIT_MODES:
-        pixels = np.asarray(image, dtype=np.float32) / 257.0
-    elif image.mode in {"I", "F"}:
+    if image.mode in SIXTEEN_BIT_MODES | {"I", "F"}:
         pixels = np.asarray(image, dtype=np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
-        pixels = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        return Image.fromarray(scale_to_uint8(pixels, image.mode)).convert("RGB")
+    return image.convert("RGB")
+
+
+def scale_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
+    low, high = float(pixels.min()), float(pixels.max())
+    if mode == "F" or low < 0 or high > 65535:
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+    elif mode in SIXTEEN_BIT_MODES or high > 255:
+        scaled = pixels / 257.0
     else:
-        return image.convert("RGB")
-    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+        scaled = pixels
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -3,11 +3,9 @@
     accelerate launch -m trainer --data_dir path/to/chest_xray --output_dir outputs/run1
 """
 
-import math
 import time
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -15,35 +13,33 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from sklearn.metrics import accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import TrainingConfig, parse_config
-from .data import CLASS_NAMES, load_chest_xray, split_by_patient, split_manifest
-from .evaluation import compute_metrics, plot_confusion_matrix, predict_loader, results_table, write_json
+from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest
+from .evaluation import evaluate_on_test, plot_confusion_matrix, results_table, write_json
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform, train_transform
 
 logger = get_logger(__name__)
 
 
-def make_loader(dataset: datasets.Dataset, transform, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
-    """A DataLoader of {"pixel_values", "labels"} batches, decoding and transforming on the fly."""
-    def apply(batch):
-        return {"pixel_values": [transform(image) for image in batch["image"]], "labels": batch["label"]}
-
-    def collate(rows):
-        return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-                "labels": torch.tensor([r["labels"] for r in rows])}
-
-    return DataLoader(dataset.with_transform(apply), batch_size=batch_size, shuffle=shuffle,
-                      num_workers=num_workers, collate_fn=collate)
-
-
 def class_weighted_loss(train_labels: list[int]) -> torch.nn.CrossEntropyLoss:
     """Cross-entropy weighted by inverse class frequency of the training split ("balanced")."""
     weights = compute_class_weight("balanced", classes=np.arange(len(CLASS_NAMES)), y=np.array(train_labels))
     return torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+
+
+def build_optimizer(model: PneumoniaClassifier, config: TrainingConfig) -> torch.optim.Adam:
+    """Adam over the head only: the backbone is frozen."""
+    return torch.optim.Adam(model.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Lower the lr when validation accuracy stops rising. Stepped by hand once per epoch with that
+    accuracy (accelerate's scheduler wrapper would step it once per process)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor,
+                                                      patience=config.lr_patience)
 
 
 def train_one_epoch(model, loader, criterion, optimizer, accelerator: Accelerator, epoch: int) -> float:
@@ -86,10 +82,8 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
     val_loader = make_loader(splits["validation"], eval_transform(preprocessing),
                              config.per_device_eval_batch_size, False, config.num_workers)
     criterion = class_weighted_loss(splits["train"]["label"]).to(accelerator.device)
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    # Stepped by hand once per epoch: accelerate's scheduler wrapper would step it once per process.
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor,
-                                                           patience=config.lr_patience)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
     best, history = None, []
@@ -111,17 +105,6 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
     if accelerator.is_main_process:
         write_json({"history": history}, output_dir / "training_history.json")
     return best
-
-
-def evaluate_on_test(config: TrainingConfig, accelerator: Accelerator, test: datasets.Dataset, best_dir: Path) -> dict:
-    """Reload the best checkpoint and compute test metrics (keys prefixed `test_`)."""
-    model = PneumoniaClassifier.from_pretrained(best_dir)
-    loader = make_loader(test, eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
-                         config.num_workers)
-    model, loader = accelerator.prepare(model, loader)
-    labels, scores = predict_loader(model, loader, accelerator, description="test")
-    metrics = compute_metrics(labels, scores, accelerator.unwrap_model(model).threshold)
-    return {f"test_{key}": value for key, value in metrics.items()} | {"test_samples": int(len(labels))}
 
 
 def main(argv=None) -> dict:
@@ -148,7 +131,8 @@ def main(argv=None) -> dict:
     best = train(config, accelerator, model, splits, output_dir)
 
     # Evaluate the best model on the untouched test set
-    results = evaluate_on_test(config, accelerator, splits["test"], output_dir / "best")
+    results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], Path(config.data_dir) / "test",
+                               output_dir, config.per_device_eval_batch_size, config.num_workers)
     results |= {"best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"], "best_val_loss": best["loss"],
                 "imagenet_weights": config.pretrained, "model_name": config.model_name,
                 "num_train_epochs": config.num_train_epochs, "train_samples": len(train_split),

@@ -8,10 +8,7 @@ where scores are the predicted probabilities of PNEUMONIA.
 import datasets
 import evaluate
 import numpy as np
-from sklearn.metrics import accuracy_score
-from sklearn.metrics import classification_report
-from sklearn.metrics import confusion_matrix
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, roc_auc_score
 
 LABEL_NAMES = ["NORMAL", "PNEUMONIA"]
 

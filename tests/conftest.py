@@ -1,0 +1,40 @@
+"""Shared fixtures. Nothing here reaches the network: Hub traffic goes to a server on loopback."""
+
+import os
+import tempfile
+
+# Read at import time by huggingface_hub / datasets: set before anything imports them.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="pneumonia-tests-hf-home-")
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO_ROOT / "sample_data" / "chest_xray"
+
+
+def sample_images(split: str, class_name: str, count: int) -> list[Path]:
+    return sorted((SAMPLE_DIR / split / class_name).glob("*.jpeg"))[:count]
+
+
+@pytest.fixture
+def sample_copy(tmp_path) -> Path:
+    """A writable copy of the bundled real sample (the repository's copy is never modified)."""
+    destination = tmp_path / "chest_xray"
+    shutil.copytree(SAMPLE_DIR, destination)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One real end-to-end training run on the bundled sample, shared by the tests that inspect it."""
+    from trainer.train import main
+
+    output_dir = tmp_path_factory.mktemp("run")
+    results = main(["--no_pretrained", "--num_train_epochs", "3", "--lr_patience", "0", "--num_workers", "0",
+                    "--per_device_train_batch_size", "32", "--output_dir", str(output_dir)])
+    return output_dir, results

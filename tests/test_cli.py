@@ -1,0 +1,79 @@
+"""The command lines as a user runs them: clear errors instead of tracebacks, the dataset scripts."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT, SAMPLE_DIR
+
+
+def run(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_trainer_rejects_a_broken_folder_without_a_traceback(sample_copy, tmp_path):
+    emptied = sample_copy / "train" / "PNEUMONIA"
+    for image in emptied.iterdir():
+        image.unlink()
+    result = run("-m", "trainer", "--data_dir", str(sample_copy), "--no_pretrained", "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert f"error: Class folder {emptied} holds no images" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "best").exists()
+
+
+def test_trainer_offline_with_pretrained_weights_stops_at_once(tmp_path):
+    started = time.perf_counter()
+    result = run("-m", "trainer", "--output_dir", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    assert "ImageNet weights" in result.stderr and "--no_pretrained" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.perf_counter() - started < 60
+
+
+def test_invalid_option_values_are_rejected_after_parsing(tmp_path):
+    result = run("-m", "trainer", "--val_fraction", "0.7", "--output_dir", str(tmp_path))
+    assert result.returncode == 1 and "--val_fraction must be between 0 and 0.5" in result.stderr
+
+
+def test_metric_module_loads_by_path_offline():
+    code = ("from trainer.evaluation import load_metric; import json; "
+            "print(json.dumps(load_metric().compute(predictions=[0, 1, 1, 1, 0], references=[0, 0, 1, 1, 1], "
+            "scores=[0.1, 0.6, 0.8, 0.9, 0.4])))")
+    result = run("-c", code, env={"HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["sensitivity"] == pytest.approx(2 / 3) and metrics["specificity"] == pytest.approx(1 / 2)
+    assert metrics["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert metrics["roc_auc"] == pytest.approx(5 / 6)
+
+
+def test_check_dataset_reports_counts_and_patients():
+    result = run("-m", "dataset_scripts.check_dataset", str(SAMPLE_DIR))
+    assert result.returncode == 0, result.stderr
+    assert "train  NORMAL          100" in result.stdout and "test   PNEUMONIA        61" in result.stdout
+    assert result.stdout.strip().endswith("OK")
+
+
+def test_check_dataset_names_unreadable_files(sample_copy):
+    broken = sample_copy / "test" / "NORMAL" / "broken.jpeg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = run("-m", "dataset_scripts.check_dataset", str(sample_copy))
+    assert result.returncode == 1
+    assert f"unreadable: {broken}" in result.stderr and "1 unreadable file(s)" in result.stdout
+
+
+def test_kaggle_download_fails_clearly_when_offline(tmp_path):
+    # The loopback proxy on a closed port stands in for "no network", wherever the test runs.
+    offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+               "KAGGLEHUB_CACHE": str(tmp_path), "KAGGLE_USERNAME": "nobody", "KAGGLE_KEY": "none"}
+    result = run("-m", "dataset_scripts.download_kaggle", env=offline, timeout=120)
+    assert result.returncode != 0
+    assert "could not download paultimothymooney/chest-xray-pneumonia" in result.stderr
+    assert "Traceback" not in result.stderr

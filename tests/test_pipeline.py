@@ -1,0 +1,92 @@
+"""End to end: the bundled real sample → trained, saved, reloaded and evaluated model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer import PneumoniaClassifier
+from trainer.data import patient_id
+
+METRIC_KEYS = ["test_accuracy", "test_roc_auc", "test_sensitivity", "test_specificity", "test_f1"]
+
+
+def test_all_results_has_every_key_with_sane_values(trained_run):
+    output_dir, returned = trained_run
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results == json.loads(json.dumps(returned))
+    for key in METRIC_KEYS:
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["test_confusion_matrix_labels"] == ["NORMAL", "PNEUMONIA"]
+    matrix = np.array(results["test_confusion_matrix"])
+    assert matrix.shape == (2, 2) and matrix.sum() == results["test_samples"] == 101
+    assert matrix[0].sum() == 40 and matrix[1].sum() == 61  # rows are the true labels of the sample's test/
+    report = results["test_classification_report"]
+    for name in ("NORMAL", "PNEUMONIA"):
+        assert {"precision", "recall", "f1-score", "support"} <= set(report[name])
+    assert report["PNEUMONIA"]["recall"] == results["test_sensitivity"]
+    assert report["NORMAL"]["recall"] == results["test_specificity"]
+    assert math.isclose(results["test_accuracy"], np.trace(matrix) / matrix.sum())
+    assert 1 <= results["best_epoch"] <= 3
+    assert 0.0 <= results["best_val_accuracy"] <= 1.0
+    assert results["imagenet_weights"] is False
+
+
+def test_best_epoch_is_the_highest_validation_accuracy(trained_run):
+    output_dir, results = trained_run
+    history = json.loads((output_dir / "training_history.json").read_text())["history"]
+    best = max(history, key=lambda e: (e["val_accuracy"], -e["val_loss"]))
+    assert results["best_epoch"] == best["epoch"]
+    assert results["best_val_accuracy"] == best["val_accuracy"]
+
+
+def test_scheduler_follows_validation_accuracy_in_the_run(trained_run):
+    """With --lr_patience 0 the lr drops exactly after epochs that do not beat the best accuracy."""
+    output_dir, _ = trained_run
+    history = json.loads((output_dir / "training_history.json").read_text())["history"]
+    best = -math.inf
+    for before, after in zip(history, history[1:]):
+        improved = before["val_accuracy"] > best * (1 + 1e-4) if best > 0 else before["val_accuracy"] > best
+        best = max(best, before["val_accuracy"])
+        expected = before["lr"] if improved else before["lr"] * 0.1
+        assert after["lr"] == pytest.approx(expected), (before, after)
+
+
+def test_splits_keep_patients_apart_and_classes_balanced(trained_run):
+    output_dir, _ = trained_run
+    splits = json.loads((output_dir / "splits.json").read_text())
+    assert "grouped by patient" in splits["procedure"]
+    train_patients = {patient_id(f) for f in splits["train"]}
+    val_patients = {patient_id(f) for f in splits["validation"]}
+    assert train_patients.isdisjoint(val_patients)
+    assert len(splits["train"]) + len(splits["validation"]) == 300 and len(splits["test"]) == 101
+    assert set(splits["train"]).isdisjoint(splits["validation"])
+
+    def normal_share(files):
+        return sum(f.startswith("NORMAL/") for f in files) / len(files)
+
+    assert abs(normal_share(splits["train"]) - normal_share(splits["validation"])) <= 0.02
+
+
+def test_best_checkpoint_reloads_and_predicts_like_the_run(trained_run):
+    output_dir, results = trained_run
+    assert (output_dir / "best" / "model.safetensors").is_file()
+    config = json.loads((output_dir / "best" / "config.json").read_text())
+    assert config["model_name"] == "resnet18" and config["labels"] == ["NORMAL", "PNEUMONIA"]
+    assert config["preprocessing"]["crop_mode"] == "squash" and config["preprocessing"]["input_size"] == [3, 224, 224]
+    model = PneumoniaClassifier.from_pretrained(output_dir / "best")
+    predictions = json.loads((output_dir / "test_predictions.json").read_text())
+    assert len(predictions) == 101
+    for row in predictions[::20]:
+        probabilities = model.predict(row["path"])
+        assert probabilities["PNEUMONIA"] == pytest.approx(row["pneumonia_probability"], abs=1e-5)
+
+
+def test_confusion_matrix_plot_is_a_real_image(trained_run):
+    output_dir, _ = trained_run
+    with Image.open(output_dir / "confusion_matrix.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300 and plot.height > 300
+        colours = plot.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert len(colours) > 50  # text, cells and a colour map, not a blank canvas
