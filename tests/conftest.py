@@ -1,14 +1,26 @@
 """Shared fixtures. Nothing here reaches the network: Hub traffic goes to a server on loopback."""
 
 import os
+import socket
 import tempfile
 
-# Read at import time by huggingface_hub / datasets: set before anything imports them.
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# Read at import time by huggingface_hub / datasets: set before anything imports them. The Hub is
+# the test server on loopback (fixture `hub`); Xet uploads are off since only real Hubs speak Xet.
+HUB_PORT = free_port()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="pneumonia-tests-hf-home-")
 os.environ["HF_HUB_DISABLE_XET"] = "1"
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import shutil  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -38,3 +50,15 @@ def trained_run(tmp_path_factory):
     results = main(["--no_pretrained", "--num_train_epochs", "3", "--lr_patience", "0", "--num_workers", "0",
                     "--per_device_train_batch_size", "32", "--output_dir", str(output_dir)])
     return output_dir, results
+
+
+@pytest.fixture(scope="session")
+def hub():
+    """The Hub-protocol test server (tests/hub_server.py), on the loopback port HF_ENDPOINT names."""
+    from tests.hub_server import make_server
+
+    server = make_server(HUB_PORT)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()

@@ -5,11 +5,12 @@ import sys
 
 from .data import DatasetLayoutError
 from .model import PretrainedWeightsUnavailable
+from .push import PushError
 from .train import main
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         main()
-    except (DatasetLayoutError, PretrainedWeightsUnavailable, ValueError) as error:
+    except (DatasetLayoutError, PretrainedWeightsUnavailable, PushError, ValueError) as error:
         sys.exit(f"error: {error}")

@@ -37,6 +37,11 @@ class TrainingConfig:
     # Runtime
     seed: int = option(42, "Seed for the split, the head initialisation and data order.")
     num_workers: int = option(2, "DataLoader worker processes per process.")
+    # Hub
+    push_to_hub: bool = option(False, "Push the best model, card and results to the Hub when training ends.")
+    hub_model_id: str | None = option(None, "Model repo to push to, NAME/REPO.")
+    hub_token: str | None = option(None, "Hub token (default: HF_TOKEN or the saved `hf auth login`).")
+    hub_private_repo: bool = option(False, "Create the Hub repo as private.")
     mixed_precision: str | None = option(None, "no, fp16 or bf16; default: what `accelerate launch` was configured with.",
                                          choices=["no", "fp16", "bf16"])
 
@@ -46,6 +51,8 @@ class TrainingConfig:
         for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "head_hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id NAME/REPO.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}.")
 

@@ -1,6 +1,8 @@
 """The classifier: a frozen timm backbone (BatchNorm statistics included) and a small trainable head."""
 
+import json
 import logging
+import shutil
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,6 +18,7 @@ from .preprocessing import eval_transform, load_image, preprocessing_config
 logger = logging.getLogger(__name__)
 
 LABELS = ["NORMAL", "PNEUMONIA"]
+REMOTE_CODE = Path(__file__).resolve().parent / "hub_files" / "modeling_pneumonia.py"
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -110,6 +113,28 @@ class PneumoniaClassifier(
         if pretrained:
             model.backbone.load_state_dict(imagenet_backbone(model_name).state_dict())
         return model
+
+    def transformers_config(self) -> dict:
+        """Keys that let `transformers` load the same folder with `trust_remote_code=True`."""
+        return {
+            "model_type": "pneumonia_classifier",
+            "architectures": ["PneumoniaForImageClassification"],
+            "auto_map": {"AutoConfig": "modeling_pneumonia.PneumoniaConfig",
+                         "AutoModelForImageClassification": "modeling_pneumonia.PneumoniaForImageClassification"},
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {label: i for i, label in enumerate(self.labels)},
+            "num_features": self.backbone.num_features,
+            # transformers' stock TimmWrapperImageProcessor reads these from config.json
+            "image_processor_type": "TimmWrapperImageProcessor",
+            "pretrained_cfg": self.preprocessing,
+        }
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Weights (safetensors), one config.json for both loaders (and the image processor), the remote code."""
+        super()._save_pretrained(save_directory)
+        config = {**self._hub_mixin_config, **self.transformers_config()}
+        (save_directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        shutil.copy(REMOTE_CODE, save_directory / REMOTE_CODE.name)
 
     def train(self, mode: bool = True) -> "PneumoniaClassifier":
         """Only the head ever trains; the frozen backbone stays in eval mode."""

@@ -4,6 +4,7 @@
 """
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, s
 from .evaluation import evaluate_on_test, plot_confusion_matrix, results_table, write_json
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform, train_transform
+from .push import push_run
 
 logger = get_logger(__name__)
 
@@ -123,6 +125,7 @@ def main(argv=None) -> dict:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(split_manifest(splits, config.val_fraction, config.seed), output_dir / "splits.json")
+        write_json({k: v for k, v in asdict(config).items() if k != "hub_token"}, output_dir / "training_config.json")
 
     # Build the model
     model = PneumoniaClassifier.for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
@@ -136,11 +139,17 @@ def main(argv=None) -> dict:
     results |= {"best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"], "best_val_loss": best["loss"],
                 "imagenet_weights": config.pretrained, "model_name": config.model_name,
                 "num_train_epochs": config.num_train_epochs, "train_samples": len(train_split),
-                "validation_samples": len(val_split), "train_runtime_seconds": time.perf_counter() - started}
+                "validation_samples": len(val_split), "train_runtime_seconds": time.perf_counter() - started,
+                "train_class_weights": class_weighted_loss(train_split["label"]).weight.tolist()}
     if accelerator.is_main_process:
         write_json(results, output_dir / "all_results.json")
         plot_confusion_matrix(results["test_confusion_matrix"], results["test_confusion_matrix_labels"],
                               output_dir / "confusion_matrix.png", f"Test set (n={results['test_samples']})")
     accelerator.print(results_table(results))
     accelerator.end_training()
+
+    # Push last: a failed push raises PushError with everything above already saved
+    if config.push_to_hub and accelerator.is_main_process:
+        commit = push_run(output_dir, config.hub_model_id, config.hub_token, config.hub_private_repo)
+        logger.info("pushed to %s", commit.commit_url)
     return results

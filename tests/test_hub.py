@@ -1,0 +1,159 @@
+"""Push to and load from a Hub: the real huggingface_hub client against tests/hub_server.py on loopback."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import gradio
+import pytest
+from huggingface_hub import HfApi, ModelCard, SpaceCard, snapshot_download
+
+from tests.conftest import REPO_ROOT, sample_images
+from tests.hub_server import TOKEN, USER
+from trainer import PneumoniaClassifier
+from trainer.push import PushError, push_run
+from trainer.push_space import push_space
+from trainer.train import main
+
+MODEL_ID = f"{USER}/pneumonia-detector"
+EXPECTED_FILES = {"model.safetensors", "config.json", "modeling_pneumonia.py", "all_results.json",
+                  "confusion_matrix.png", "README.md", "splits.json", "training_history.json", "training_config.json"}
+
+
+@pytest.fixture(scope="module")
+def pushed(hub, trained_run):
+    output_dir, _ = trained_run
+    commit = push_run(output_dir, MODEL_ID, token=TOKEN)
+    return output_dir, commit
+
+
+def real_xrays():
+    return sample_images("test", "NORMAL", 2) + sample_images("test", "PNEUMONIA", 2)
+
+
+def folder_digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_snapshot_download_lists_every_pushed_file(pushed):
+    output_dir, commit = pushed
+    local = snapshot_download(MODEL_ID, revision=commit.oid)
+    files = {str(p.relative_to(local)) for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
+    assert EXPECTED_FILES <= files
+    with open(f"{local}/model.safetensors", "rb") as pulled:
+        assert pulled.read() == (output_dir / "best" / "model.safetensors").read_bytes()
+
+
+def test_model_card_passes_hub_metadata_checks_and_says_what_it_is(pushed):
+    card = ModelCard.load(MODEL_ID)
+    card.validate()  # the server's validate-yaml: valid YAML, model-index shape
+    data = card.data
+    assert data.license == "cc-by-4.0" and data.pipeline_tag == "image-classification"
+    metrics = {result.metric_type: result.metric_value for result in data.eval_results}
+    results = json.loads((pushed[0] / "all_results.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)
+    assert set(metrics) == {"accuracy", "roc_auc", "recall", "specificity", "f1"}
+    assert all(result.dataset_split == "test" for result in data.eval_results)
+    text = card.text
+    for phrase in ("Research demo, not for clinical use", "grouped by patient", "no ImageNet weights",
+                   "single hospital", "confusion_matrix.png", "trust_remote_code=True",
+                   "PneumoniaClassifier.from_pretrained", "doi:10.17632/rscbjbr9sj.2"):
+        assert phrase in text, phrase
+
+
+def test_model_loads_from_the_hub_with_the_project(pushed):
+    output_dir, _ = pushed
+    local = PneumoniaClassifier.from_pretrained(output_dir / "best")
+    remote = PneumoniaClassifier.from_pretrained(MODEL_ID)
+    for image in real_xrays():
+        assert remote.predict(image) == local.predict(image)
+
+
+def test_model_loads_with_only_transformers_in_a_clean_process(pushed, tmp_path):
+    """A separate Python whose import path holds no part of this repository (-I, cwd elsewhere)."""
+    images = [str(p) for p in real_xrays()]
+    code = (
+        "import json, sys\n"
+        "try:\n    import trainer\n    sys.exit('trainer is importable: not a clean process')\n"
+        "except ImportError:\n    pass\n"
+        "from transformers import pipeline\n"
+        f"classify = pipeline('image-classification', model={MODEL_ID!r}, trust_remote_code=True)\n"
+        f"print(json.dumps([{{r['label']: r['score'] for r in classify(p)}} for p in {images!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    via_transformers = json.loads(result.stdout.strip().splitlines()[-1])
+    model = PneumoniaClassifier.from_pretrained(MODEL_ID)
+    for image, probabilities in zip(images, via_transformers):
+        assert set(probabilities) == {"NORMAL", "PNEUMONIA"}
+        for label, probability in model.predict(image).items():
+            assert probabilities[label] == pytest.approx(probability, abs=1e-4)
+
+
+def test_second_push_makes_a_new_commit(pushed):
+    output_dir, first = pushed
+    second = push_run(output_dir, MODEL_ID, token=TOKEN, commit_message="Push again")
+    assert second.oid != first.oid
+    titles = [c.title for c in HfApi().list_repo_commits(MODEL_ID)]
+    assert titles[0] == "Push again" and titles.count("Upload Pneumonia Detector model") >= 1
+
+
+def test_push_without_a_valid_token_is_refused_clearly(pushed):
+    output_dir, _ = pushed
+    with pytest.raises(PushError, match="401") as error:
+        push_run(output_dir, MODEL_ID, token="hf_wrong")
+    assert "retry with: python -m trainer.push" in str(error.value)
+
+
+def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_run(trained_run):
+    output_dir, _ = trained_run
+    before = folder_digest(output_dir)
+    result = subprocess.run([sys.executable, "-m", "trainer.push", str(output_dir), "--hub_model_id", MODEL_ID,
+                             "--hub_token", TOKEN], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert "failed" in result.stderr and f"retry with: python -m trainer.push {output_dir}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert folder_digest(output_dir) == before
+
+
+def test_training_with_push_to_hub_pushes_when_it_ends(hub, tmp_path):
+    results = main(["--no_pretrained", "--num_train_epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path),
+                    "--push_to_hub", "--hub_model_id", f"{USER}/from-training", "--hub_token", TOKEN,
+                    "--hub_private_repo"])
+    info = HfApi(token=TOKEN).model_info(f"{USER}/from-training")
+    assert info.private and EXPECTED_FILES <= {s.rfilename for s in info.siblings}
+    assert json.loads(open(snapshot_download(f"{USER}/from-training", token=TOKEN) + "/all_results.json").read()) \
+        == json.loads(json.dumps(results))
+
+
+def test_failed_push_at_the_end_of_training_keeps_the_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trainer", "--no_pretrained", "--num_train_epochs", "1",
+                             "--num_workers", "0", "--output_dir", str(tmp_path), "--push_to_hub",
+                             "--hub_model_id", f"{USER}/never", "--hub_token", TOKEN],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert f"retry with: python -m trainer.push {tmp_path}" in result.stderr
+    for name in ("all_results.json", "confusion_matrix.png", "best/model.safetensors", "best/config.json"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_space_push_uploads_the_app_with_gradio_front_matter(hub):
+    space_id = f"{USER}/pneumonia-demo"
+    push_space(space_id, MODEL_ID, token=TOKEN)
+    api = HfApi(token=TOKEN)
+    files = set(api.list_repo_files(space_id, repo_type="space"))
+    assert {"app.py", "requirements.txt", "README.md", "trainer/model.py", "trainer/__init__.py"} <= files
+    assert sum(f.startswith("sample_data/chest_xray/test/") for f in files) == 4
+    card = SpaceCard.load(space_id, repo_type="space")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
+    assert card.data.sdk_version == gradio.__version__
+    assert card.data.models == [MODEL_ID] and card.data.license == "cc-by-4.0"
+    assert card.data.get("emoji") and card.data.get("title") and card.data.get("short_description")
+    assert "not for clinical use" in card.text
+    assert api.get_space_variables(space_id)["MODEL_ID"].value == MODEL_ID

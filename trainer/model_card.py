@@ -1,0 +1,46 @@
+"""The model card pushed with the model: Hub metadata (model-index) plus the results and recipe of a run."""
+
+import json
+from pathlib import Path
+
+import timm
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).resolve().parent / "hub_files" / "model_card_template.md"
+DATASET_NAME = "Chest X-Ray Images (Pneumonia)"
+DATASET_TYPE = "chest-xray-pneumonia"
+CARD_METRICS = {"accuracy": "accuracy", "roc_auc": "roc_auc", "sensitivity": "recall", "specificity": "specificity",
+                "f1": "f1"}
+
+
+def eval_results(results: dict) -> list[EvalResult]:
+    """model-index entries for the test split."""
+    return [
+        EvalResult(task_type="image-classification", task_name="Pneumonia screening", dataset_type=DATASET_TYPE,
+                   dataset_name=DATASET_NAME, dataset_split="test", metric_type=metric_type,
+                   metric_name=f"test {key}", metric_value=round(float(results[f"test_{key}"]), 4))
+        for key, metric_type in CARD_METRICS.items()
+    ]
+
+
+def build_model_card(output_dir: Path, model_id: str) -> ModelCard:
+    """A ModelCard for the run in `output_dir` (best/config.json, all_results.json, splits.json, training_config.json)."""
+    config = json.loads((output_dir / "training_config.json").read_text())
+    model_config = json.loads((output_dir / "best" / "config.json").read_text())
+    results = json.loads((output_dir / "all_results.json").read_text())
+    split_procedure = json.loads((output_dir / "splits.json").read_text())["procedure"]
+    card_data = ModelCardData(
+        model_name=model_id,
+        license="cc-by-4.0",
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "medical-imaging", "chest-x-ray", "pneumonia", "timm", "custom_code",
+              "pytorch_model_hub_mixin", "research-only", "not-for-clinical-use"],
+        base_model=timm.models.get_pretrained_cfg(config["model_name"]).hf_hub_id if results["imagenet_weights"] else None,
+        metrics=["accuracy", "roc_auc", "recall", "specificity", "f1"],
+        eval_results=eval_results(results),
+    )
+    return ModelCard.from_template(
+        card_data, template_str=TEMPLATE.read_text(), model_id=model_id, config=config, results=results,
+        preprocessing=model_config["preprocessing"], num_features=model_config["num_features"],
+        threshold=model_config.get("threshold", 0.5), split_procedure=split_procedure)

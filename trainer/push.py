@@ -1,0 +1,67 @@
+"""Push a finished run's best model to the Hugging Face Hub, with its model card, results and plots.
+
+Training calls this when given --push_to_hub; it also runs on its own, so a failed push can be
+retried without training again:
+
+    python -m trainer.push outputs --hub_model_id NAME/REPO [--hub_token T] [--hub_private_repo]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
+
+from .model_card import build_model_card
+
+BEST_FILES = ["model.safetensors", "config.json", "modeling_pneumonia.py"]
+RUN_FILES = ["all_results.json", "confusion_matrix.png", "splits.json", "training_history.json", "training_config.json"]
+
+
+class PushError(RuntimeError):
+    """A push that failed; the run in output_dir is untouched and the message says how to retry."""
+
+
+def upload_operations(output_dir: Path, model_id: str) -> list[CommitOperationAdd]:
+    """Every file the model repo gets, as commit operations (best/ files at the repo root)."""
+    missing = [str(p) for p in [*(output_dir / "best" / n for n in BEST_FILES), *(output_dir / n for n in RUN_FILES)]
+               if not p.is_file()]
+    if missing:
+        raise PushError(f"{output_dir} is not a finished training run; missing: {', '.join(missing)}.")
+    card = str(build_model_card(output_dir, model_id)).encode()
+    return ([CommitOperationAdd(name, output_dir / "best" / name) for name in BEST_FILES]
+            + [CommitOperationAdd(name, output_dir / name) for name in RUN_FILES]
+            + [CommitOperationAdd("README.md", card)])
+
+
+def push_run(output_dir: str | Path, model_id: str, token: str | None = None, private: bool = False,
+             commit_message: str = "Upload Pneumonia Detector model") -> CommitInfo:
+    """Create the repo if needed and commit the run's model, card and results in one commit."""
+    output_dir = Path(output_dir)
+    operations = upload_operations(output_dir, model_id)
+    api = HfApi(token=token)
+    retry = (f"The run in {output_dir} is intact; retry with: python -m trainer.push {output_dir} "
+             f"--hub_model_id {model_id}")
+    try:
+        repo_url = api.create_repo(model_id, private=private, exist_ok=True)
+        return api.create_commit(repo_url.repo_id, operations, commit_message=commit_message)
+    except Exception as error:  # network, auth, offline mode and server errors all end the same way
+        raise PushError(f"Push to {model_id} on {api.endpoint} failed ({type(error).__name__}: {error}). {retry}") from error
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir", help="The trainer's --output_dir of a finished run.")
+    parser.add_argument("--hub_model_id", required=True, help="Model repo to push to, NAME/REPO.")
+    parser.add_argument("--hub_token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
+    parser.add_argument("--hub_private_repo", action="store_true", help="Create the repo as private.")
+    args = parser.parse_args(argv)
+    try:
+        commit = push_run(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
+    except PushError as error:
+        sys.exit(f"error: {error}")
+    print(f"Pushed {args.output_dir} to {commit.repo_url} ({commit.commit_url})")
+
+
+if __name__ == "__main__":
+    main()

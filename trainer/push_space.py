@@ -1,0 +1,80 @@
+"""Deploy the Gradio demo as a Hugging Face Space that serves a model pushed with `trainer.push`.
+
+    python -m trainer.push_space --space_id NAME/SPACE --hub_model_id NAME/REPO [--hub_token T]
+
+Uploads app.py, requirements.txt, the trainer package, example images and a Space README with the
+Gradio front matter, then sets the Space variable MODEL_ID to the model repo (app.py reads it).
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, SpaceCardData
+
+from .push import PushError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES_PER_CLASS = 2
+SPACE_DESCRIPTION = """# Pneumonia Detector
+
+Upload a frontal chest X-ray to get NORMAL / PNEUMONIA probabilities from [{model_id}](https://huggingface.co/{model_id}).
+
+**Research demo, not for clinical use.** Trained on pediatric radiographs from one hospital.
+"""
+
+
+def gradio_version(requirements: Path = REPO_ROOT / "requirements.txt") -> str:
+    """The gradio version pinned in requirements.txt (the Space's sdk_version must equal it)."""
+    match = re.search(r"^gradio==([\w.]+)\s*$", requirements.read_text(), re.MULTILINE)
+    if match is None:
+        raise PushError(f"{requirements} must pin gradio (gradio==X.Y.Z) for the Space's sdk_version.")
+    return match.group(1)
+
+
+def space_card(model_id: str) -> SpaceCard:
+    data = SpaceCardData(
+        title="Pneumonia Detector", sdk="gradio", sdk_version=gradio_version(), app_file="app.py",
+        license="cc-by-4.0", models=[model_id], emoji="🫁", colorFrom="blue", colorTo="gray",
+        short_description="Chest X-ray pneumonia classifier (research demo)", pinned=False)
+    return SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{SPACE_DESCRIPTION.format(model_id=model_id)}")
+
+
+def space_files() -> list[Path]:
+    """Repository files the Space needs, relative to the repository root."""
+    package = [p for p in (REPO_ROOT / "trainer").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    examples = [p for class_dir in sorted((REPO_ROOT / "sample_data" / "chest_xray" / "test").iterdir())
+                for p in sorted(class_dir.glob("*.jpeg"))[:EXAMPLES_PER_CLASS]]
+    return [REPO_ROOT / "app.py", REPO_ROOT / "requirements.txt", *package, *examples]
+
+
+def push_space(space_id: str, model_id: str, token: str | None = None) -> CommitInfo:
+    """Create or update the Space, upload its files and point it at `model_id`."""
+    operations = [CommitOperationAdd(str(p.relative_to(REPO_ROOT)), p) for p in space_files()]
+    operations.append(CommitOperationAdd("README.md", str(space_card(model_id)).encode()))
+    api = HfApi(token=token)
+    try:
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+        commit = api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy Pneumonia Detector")
+        api.add_space_variable(space_id, "MODEL_ID", model_id, description="Model repo the app loads")
+        return commit
+    except Exception as error:  # network, auth, offline mode and server errors all end the same way
+        raise PushError(f"Space push to {space_id} on {api.endpoint} failed ({type(error).__name__}: {error}).") from error
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space_id", required=True, help="Space repo, NAME/SPACE.")
+    parser.add_argument("--hub_model_id", required=True, help="Model repo the Space serves, NAME/REPO.")
+    parser.add_argument("--hub_token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
+    args = parser.parse_args(argv)
+    try:
+        commit = push_space(args.space_id, args.hub_model_id, args.hub_token)
+    except PushError as error:
+        sys.exit(f"error: {error}")
+    print(f"Deployed the Space {commit.repo_url} serving {args.hub_model_id}")
+
+
+if __name__ == "__main__":
+    main()
