@@ -1,26 +1,44 @@
-"""Gradio demo: upload a chest X-ray, get NORMAL / PNEUMONIA probabilities. Research demo, not for clinical use."""
+"""Pneumonia Detector Space: upload a chest X-ray (JPEG, PNG or DICOM), get probabilities and a Grad-CAM map.
+
+    MODEL_ID=outputs/best python app.py      # or MODEL_ID=NAME/REPO; GRADIO_SERVER_PORT etc. are honoured
+"""
 
 import os
+import sys
 
 import gradio as gr
 
-from trainer import PneumoniaClassifier
+from trainer.demo import DEFAULT_MODEL, DISCLAIMER, ModelNotFound, diagnose, example_files, load_model
+from trainer.inputs import InputImageError
 
-MODEL_ID = os.environ.get("MODEL_ID", "outputs/best")
-model = PneumoniaClassifier.from_pretrained(MODEL_ID)
+MAX_FILE_SIZE = "25mb"
+
+try:
+    model = load_model(os.environ.get("MODEL_ID", DEFAULT_MODEL))
+except ModelNotFound as error:
+    sys.exit(f"error: {error}")
 
 
-def predict(image_path: str) -> dict[str, float]:
-    return model.predict(image_path)
+def predict(upload: str | None):
+    try:
+        return diagnose(model, upload)
+    except InputImageError as error:
+        raise gr.Error(str(error)) from error
 
 
-demo = gr.Interface(
-    fn=predict,
-    inputs=gr.Image(type="filepath", label="Chest X-ray"),
-    outputs=gr.Label(num_top_classes=2, label="Prediction"),
-    title="Pneumonia Detector",
-    description="Research demo, not for clinical use.",
-)
+with gr.Blocks(title="Pneumonia Detector") as demo:
+    gr.Markdown(f"# Pneumonia Detector\nChest X-ray: NORMAL or PNEUMONIA?\n\n{DISCLAIMER}")
+    with gr.Row():
+        with gr.Column():
+            upload = gr.File(label="Chest X-ray (JPEG, PNG or DICOM)", type="filepath",
+                             file_types=[".jpg", ".jpeg", ".png", ".dcm"])
+            submit = gr.Button("Analyse", variant="primary")
+            gr.Examples(example_files(), inputs=upload)
+        with gr.Column():
+            probabilities = gr.Label(num_top_classes=2, label="Probabilities")
+            decision = gr.Markdown()
+            heatmap = gr.Image(label="Grad-CAM: evidence for the predicted class", type="pil", format="png")
+    submit.click(predict, upload, [probabilities, decision, heatmap], api_name="predict", concurrency_limit=4)
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.queue().launch(max_file_size=MAX_FILE_SIZE)

@@ -13,6 +13,7 @@ from huggingface_hub import PyTorchModelHubMixin, constants, try_to_load_from_ca
 from PIL import Image
 from torch import nn
 
+from .feature_guard import mahalanobis
 from .preprocessing import eval_transform, load_image, preprocessing_config
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,11 @@ class PneumoniaClassifier(
         self.imagenet_weights = imagenet_weights
         self.threshold = threshold
         self._transform = None
+        # The not-an-X-ray guard (trainer/feature_guard.py), fitted after training; off (inf) until then.
+        features = self.backbone.num_features
+        self.register_buffer("guard_mean", torch.zeros(features))
+        self.register_buffer("guard_precision", torch.zeros(features, features))
+        self.register_buffer("guard_threshold", torch.tensor(float("inf")))
 
     @classmethod
     def for_training(cls, model_name: str, pretrained: bool, head_hidden_dim: int, dropout: float) -> "PneumoniaClassifier":
@@ -154,13 +160,24 @@ class PneumoniaClassifier(
             self._transform = eval_transform(self.preprocessing)
         return self._transform
 
+    def set_feature_guard(self, mean: torch.Tensor, precision: torch.Tensor, threshold: torch.Tensor) -> None:
+        self.guard_mean.copy_(mean)
+        self.guard_precision.copy_(precision)
+        self.guard_threshold.copy_(threshold)
+
     @torch.inference_mode()
+    def analyse(self, image: Image.Image) -> tuple[dict[str, float], float, bool]:
+        """Return ({label: probability}, feature distance, whether the image looks like a chest X-ray)."""
+        self.eval()
+        device = next(self.parameters()).device
+        features = self.forward_features(self.transform(image).unsqueeze(0).to(device))
+        probabilities = self.head(features).float().softmax(dim=-1)[0]
+        distance = float(mahalanobis(features.float(), self.guard_mean, self.guard_precision)[0])
+        looks_like_xray = distance <= float(self.guard_threshold)
+        return {label: float(p) for label, p in zip(self.labels, probabilities)}, distance, looks_like_xray
+
     def predict(self, image: str | Path | Image.Image) -> dict[str, float]:
         """Return `{label: probability}` for an image path or PIL image (any mode)."""
         if not isinstance(image, Image.Image):
             image = load_image(image)
-        self.eval()
-        device = next(self.parameters()).device
-        pixel_values = self.transform(image).unsqueeze(0).to(device)
-        probabilities = self(pixel_values).float().softmax(dim=-1)[0]
-        return {label: float(p) for label, p in zip(self.labels, probabilities)}
+        return self.analyse(image)[0]

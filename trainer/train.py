@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest
 from .evaluation import evaluate_on_test, plot_confusion_matrix, results_table, write_json
+from .feature_guard import fit_feature_guard
+from .features import extract_features
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform, train_transform
 from .push import push_run
@@ -109,6 +111,23 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
     return best
 
 
+def fit_guard(config: TrainingConfig, accelerator: Accelerator, splits: dict, best_dir: Path) -> float:
+    """Fit the not-an-X-ray guard on the best model's features and save it into best/. Returns the threshold."""
+    model = PneumoniaClassifier.from_pretrained(best_dir)
+    transform = eval_transform(model.preprocessing)
+    loaders = [make_loader(splits[name], transform, config.per_device_eval_batch_size, False, config.num_workers)
+               for name in ("train", "validation")]
+    model, *loaders = accelerator.prepare(model, *loaders)
+    train_features, val_features = (extract_features(model, loader, accelerator) for loader in loaders)
+    guard = fit_feature_guard(train_features, val_features)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.set_feature_guard(**guard)
+        unwrapped.save_pretrained(best_dir)
+    accelerator.wait_for_everyone()
+    return float(guard["threshold"])
+
+
 def main(argv=None) -> dict:
     """Run every stage; returns what was written to output_dir/all_results.json."""
     config = parse_config(argv)
@@ -133,6 +152,9 @@ def main(argv=None) -> dict:
     # Train!
     best = train(config, accelerator, model, splits, output_dir)
 
+    # Fit the not-an-X-ray guard to the training images' features
+    guard_threshold = fit_guard(config, accelerator, splits, output_dir / "best")
+
     # Evaluate the best model on the untouched test set
     results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], Path(config.data_dir) / "test",
                                output_dir, config.per_device_eval_batch_size, config.num_workers)
@@ -140,7 +162,8 @@ def main(argv=None) -> dict:
                 "imagenet_weights": config.pretrained, "model_name": config.model_name,
                 "num_train_epochs": config.num_train_epochs, "train_samples": len(train_split),
                 "validation_samples": len(val_split), "train_runtime_seconds": time.perf_counter() - started,
-                "train_class_weights": class_weighted_loss(train_split["label"]).weight.tolist()}
+                "train_class_weights": class_weighted_loss(train_split["label"]).weight.tolist(),
+                "feature_guard_threshold": guard_threshold}
     if accelerator.is_main_process:
         write_json(results, output_dir / "all_results.json")
         plot_confusion_matrix(results["test_confusion_matrix"], results["test_confusion_matrix_labels"],

@@ -9,6 +9,7 @@ backbone with frozen BatchNorm (`backbone.*`) and an MLP head (`head.*`). Prepro
 """
 
 import timm
+import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -43,6 +44,10 @@ class PneumoniaForImageClassification(PreTrainedModel):
             nn.Dropout(config.dropout),
             nn.Linear(config.head_hidden_dim, len(config.labels)),
         )
+        # The app's not-an-X-ray guard lives in the same weights; unused here.
+        self.register_buffer("guard_mean", torch.zeros(config.num_features))
+        self.register_buffer("guard_precision", torch.zeros(config.num_features, config.num_features))
+        self.register_buffer("guard_threshold", torch.tensor(float("inf")))
         self.post_init()
 
     def _init_weights(self, module):

@@ -1,0 +1,60 @@
+"""What the Gradio app does with an upload, kept here so that tests and the app share it."""
+
+from pathlib import Path
+
+from PIL import Image
+
+from .config import BUNDLED_SAMPLE
+from .explain import grad_cam_overlay
+from .inputs import read_upload
+from .model import PneumoniaClassifier
+
+DEFAULT_MODEL = "outputs/best"
+DISCLAIMER = ("**Research demo, not for clinical use.** Trained on pediatric chest X-rays from one hospital; "
+              "it is not a medical device and must not be used to diagnose, treat or triage anyone.")
+NOT_AN_XRAY = ("**This does not look like a chest X-ray.** The model only knows frontal chest radiographs, so it "
+               "gives no diagnosis for this image (its features are {distance:.1f} from the training X-rays; "
+               "limit {limit:.1f}).")
+
+
+class ModelNotFound(RuntimeError):
+    """No usable model at MODEL_ID; the message says how to get one."""
+
+
+def load_model(model_id: str) -> PneumoniaClassifier:
+    """Load a trainer output folder or Hub repo once, or raise ModelNotFound with what to do."""
+    try:
+        return PneumoniaClassifier.from_pretrained(model_id)
+    except Exception as error:  # a missing folder, an unknown repo and an offline Hub raise different types
+        raise ModelNotFound(
+            f"No model could be loaded from MODEL_ID={model_id!r} ({type(error).__name__}: {error}).\n"
+            "Train one with `python -m trainer --output_dir outputs` (add --no_pretrained offline), "
+            "or set MODEL_ID to a folder saved by the trainer or a Hub repo id such as NAME/REPO."
+        ) from error
+
+
+def example_files(per_class: int = 2) -> list[str]:
+    """A few real X-rays from the bundled sample, for one-click examples."""
+    test_dir = BUNDLED_SAMPLE / "test"
+    return [str(p) for name in ("NORMAL", "PNEUMONIA") for p in sorted((test_dir / name).glob("*.jpeg"))[:per_class]]
+
+
+def decision_text(probabilities: dict[str, float], threshold: float) -> str:
+    pneumonia = probabilities["PNEUMONIA"]
+    verdict = "PNEUMONIA" if pneumonia >= threshold else "NORMAL"
+    return (f"**Model output: {verdict}** (P(PNEUMONIA) = {pneumonia:.3f}, decision threshold {threshold:.2f}). "
+            "Research demo, not for clinical use.")
+
+
+def diagnose(model: PneumoniaClassifier, path: str | Path | None) -> tuple[dict | None, str, Image.Image | None]:
+    """(probabilities for gr.Label, decision text, Grad-CAM overlay) for an uploaded file.
+
+    Raises InputImageError for unusable uploads; answers "not a chest X-ray" without a diagnosis.
+    """
+    image = read_upload(path)
+    probabilities, distance, looks_like_xray = model.analyse(image)
+    if not looks_like_xray:
+        return None, NOT_AN_XRAY.format(distance=distance, limit=float(model.guard_threshold)), None
+    predicted = max(range(len(model.labels)), key=lambda i: probabilities[model.labels[i]])
+    heatmap = grad_cam_overlay(model, image, predicted)
+    return probabilities, decision_text(probabilities, model.threshold), heatmap

@@ -1,0 +1,86 @@
+"""Read an uploaded file (JPEG, PNG of any mode, or DICOM) into an RGB image, or say clearly why not."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from .preprocessing import to_rgb
+
+MAX_PIXELS = 50_000_000  # about 7,000 x 7,000: above any radiograph, below a decompression bomb
+MIN_SIDE = 32
+
+
+class InputImageError(ValueError):
+    """An upload that cannot be used; the message is written for the person who uploaded it."""
+
+
+def is_dicom(path: Path) -> bool:
+    """DICOM files carry "DICM" after a 128-byte preamble (or at least the .dcm suffix)."""
+    with open(path, "rb") as file:
+        return file.read(132)[128:132] == b"DICM" or path.suffix.lower() in {".dcm", ".dicom"}
+
+
+def dicom_to_image(path: Path) -> Image.Image:
+    """Render a DICOM as 8-bit grey: modality LUT, VOI LUT / window, MONOCHROME1 inverted."""
+    try:
+        dataset = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
+        raise InputImageError(f"This DICOM file cannot be read ({error}).") from error
+    if "PixelData" not in dataset:
+        raise InputImageError("This DICOM file has no pixel data (no image inside).")
+    try:
+        stored = dataset.pixel_array
+    except Exception as error:  # pydicom raises many types for unsupported transfer syntaxes
+        raise InputImageError(f"The image in this DICOM file cannot be decoded ({error}).") from error
+    if stored.ndim != 2:
+        raise InputImageError(f"Expected one greyscale image in the DICOM file, found an array of shape {stored.shape}.")
+    pixels = apply_modality_lut(stored, dataset).astype(np.float64)
+    has_window = "WindowCenter" in dataset or "VOILUTSequence" in dataset
+    if has_window:
+        pixels = apply_voi_lut(pixels, dataset, prefer_lut=True).astype(np.float64)
+    # Scale by the range the pixels can take (bits stored), not their min/max, so grey levels mean the same.
+    low, high = (0.0, float(2 ** int(dataset.BitsStored) - 1))
+    if pixels.min() < low or pixels.max() > high:  # signed data or a rescale slope: fall back to the data's range
+        low, high = float(pixels.min()), float(pixels.max())
+    grey = (pixels - low) / max(high - low, 1.0) * 255.0
+    if dataset.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
+        grey = 255.0 - grey  # MONOCHROME1: low values are white
+    return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def bitmap_to_image(path: Path) -> Image.Image:
+    """Open a JPEG/PNG/..., refusing oversized images before decoding them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise InputImageError(f"This image is {image.width}x{image.height} pixels, too large to process "
+                                          f"(limit {MAX_PIXELS:,} pixels). Please upload a smaller export.")
+                image.load()
+                return to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InputImageError(f"This image is too large to process ({error}).") from error
+    except UnidentifiedImageError as error:
+        raise InputImageError("This file is not an image we can read. Upload a JPEG, PNG or DICOM (.dcm) file.") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputImageError(f"This image file is damaged or incomplete ({error}).") from error
+
+
+def read_upload(path: str | Path | None) -> Image.Image:
+    """Return the upload as an RGB image, or raise InputImageError saying what is wrong."""
+    if path is None or str(path) == "":
+        raise InputImageError("No file was uploaded. Choose a chest X-ray image (JPEG, PNG or DICOM).")
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise InputImageError("The uploaded file is empty. Choose a chest X-ray image (JPEG, PNG or DICOM).")
+    image = dicom_to_image(path) if is_dicom(path) else bitmap_to_image(path)
+    if min(image.size) < MIN_SIDE:
+        raise InputImageError(f"This image is only {image.width}x{image.height} pixels; "
+                              f"a chest X-ray needs at least {MIN_SIDE} pixels a side.")
+    return image
