@@ -62,3 +62,34 @@ def hub():
     thread.start()
     yield server
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_url(trained_run, tmp_path_factory):
+    """`python app.py` serving the session's trained model on a free loopback port."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    output_dir, _ = trained_run
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    env = {**os.environ, "MODEL_ID": str(output_dir / "best"), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log_file, stderr=log_file)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"app.py did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)

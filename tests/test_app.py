@@ -1,0 +1,89 @@
+"""The Gradio app over HTTP with gradio_client: real X-rays, DICOM, not-an-X-ray images and bad uploads."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from dataset_scripts.non_xray_images import non_xray_images
+from tests.app_inputs import bad_uploads, dicom_variants
+from tests.conftest import REPO_ROOT, sample_images
+from trainer import PneumoniaClassifier
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    return PneumoniaClassifier.from_pretrained(trained_run[0] / "best")
+
+
+def confidences(label_output: dict) -> dict[str, float]:
+    return {c["label"]: c["confidence"] for c in label_output["confidences"]}
+
+
+def assert_serves_a_real_xray(client, model):
+    image = sample_images("test", "NORMAL", 1)[0]
+    label, _, heatmap = client.predict(handle_file(str(image)), api_name="/predict")
+    assert confidences(label) == pytest.approx(model.predict(image), abs=1e-6)
+    assert heatmap is not None
+
+
+def test_predictions_equal_the_package_predict(client, model):
+    for image in sample_images("test", "NORMAL", 2) + sample_images("test", "PNEUMONIA", 2):
+        label, decision, heatmap = client.predict(handle_file(str(image)), api_name="/predict")
+        expected = model.predict(image)
+        assert confidences(label) == pytest.approx(expected, abs=1e-6)
+        verdict = "PNEUMONIA" if expected["PNEUMONIA"] >= model.threshold else "NORMAL"
+        assert f"Model output: {verdict}" in decision and "not for clinical use" in decision
+        with Image.open(heatmap) as overlay:
+            assert overlay.size == (224, 224) and overlay.mode == "RGB"
+
+
+@pytest.mark.parametrize("variant", ["mono2_8bit", "mono2_16bit", "mono1_8bit", "mono1_12bit", "mono2_12bit_window"])
+def test_dicom_gives_the_answer_of_its_source_image(client, model, tmp_path, variant):
+    source = sample_images("test", "PNEUMONIA", 1)[0]
+    label, _, _ = client.predict(handle_file(str(dicom_variants(tmp_path)[variant])), api_name="/predict")
+    expected = model.predict(Image.open(source).convert("L"))
+    assert confidences(label) == pytest.approx(expected, abs=2e-3)
+
+
+@pytest.mark.parametrize("name", ["skimage_astronaut", "skimage_page", "blank_white", "noise_uniform_colour"])
+def test_a_non_xray_gets_no_diagnosis(client, tmp_path, name):
+    path = tmp_path / f"{name}.png"
+    non_xray_images()[name].save(path)
+    label, decision, heatmap = client.predict(handle_file(str(path)), api_name="/predict")
+    assert "does not look like a chest X-ray" in decision
+    assert heatmap is None and (label is None or not label.get("confidences"))
+
+
+@pytest.mark.parametrize("case", ["no upload", "zero-byte file", "text renamed .png", "PDF renamed .png",
+                                  "truncated JPEG", "DICOM without pixel data", "30,000 x 30,000 PNG", "10 x 10 image"])
+def test_bad_upload_gets_a_readable_error_and_the_app_keeps_serving(client, model, tmp_path, case):
+    path, phrase = bad_uploads(tmp_path)[case]
+    with pytest.raises(AppError, match=phrase):
+        client.predict(handle_file(str(path)) if path else None, api_name="/predict")
+    assert_serves_a_real_xray(client, model)
+
+
+def test_uploads_over_the_size_cap_are_refused(client, model, tmp_path):
+    oversized = tmp_path / "huge.png"
+    oversized.write_bytes(os.urandom(26 * 1024 * 1024))
+    with pytest.raises(Exception, match="(?i)file size|too large|413|exceeds"):
+        client.predict(handle_file(str(oversized)), api_name="/predict")
+    assert_serves_a_real_xray(client, model)
+
+
+def test_app_without_a_model_exits_with_instructions(tmp_path):
+    result = subprocess.run([sys.executable, "app.py"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MODEL_ID": str(tmp_path / "no-model-here")})
+    assert result.returncode == 1
+    assert "No model could be loaded" in result.stderr and "python -m trainer" in result.stderr
+    assert "Traceback" not in result.stderr
