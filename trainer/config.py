@@ -34,6 +34,14 @@ class TrainingConfig:
     lr_patience: int = option(2, "ReduceLROnPlateau: epochs without a better validation accuracy before the lr drops.")
     lr_factor: float = option(0.1, "ReduceLROnPlateau: factor the learning rate is multiplied by.")
     rotation_degrees: float = option(10.0, "Random rotation range (+/- degrees) for training augmentation.")
+    augment: bool = option(True, "Augment training images (flip, rotation); --no_augment turns it off.",
+                           flag="--no_augment")
+    # Speed
+    cache_views: int = option(3, "Feature cache: compute backbone features once, for K views of each training "
+                              "image (view 0 un-augmented, so K=1 means no augmentation); 0 decodes and runs the "
+                              "backbone on every image in every epoch.")
+    cache_dir: str | None = option(None, "Where cached features live (default: OUTPUT_DIR/feature_cache); "
+                                   "a run with the same data, backbone and recipe reuses them.")
     # Runtime
     seed: int = option(42, "Seed for the split, the head initialisation and data order.")
     num_workers: int = option(2, "DataLoader worker processes per process.")
@@ -51,6 +59,8 @@ class TrainingConfig:
         for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "head_hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.cache_views < 0:
+            raise ValueError(f"--cache_views must be 0 (no cache) or more, got {self.cache_views}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id NAME/REPO.")
         if not 0 <= self.dropout < 1:

@@ -151,8 +151,9 @@ class PneumoniaClassifier(
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.backbone(pixel_values)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(pixel_values))
+    def forward(self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from images, or from backbone features computed earlier (the feature cache)."""
+        return self.head(self.forward_features(pixel_values) if features is None else features)
 
     @property
     def transform(self):

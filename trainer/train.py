@@ -14,13 +14,14 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from sklearn.metrics import accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest
 from .evaluation import evaluate_on_test, plot_confusion_matrix, results_table, write_json
 from .feature_guard import fit_feature_guard
-from .features import extract_features
+from .features import CachedViews, cached_features, extract_features
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform, train_transform
 from .push import push_run
@@ -46,12 +47,17 @@ def build_scheduler(optimizer, config: TrainingConfig) -> torch.optim.lr_schedul
                                                       patience=config.lr_patience)
 
 
+def model_inputs(batch: dict) -> dict:
+    """A batch minus its labels: {"pixel_values"} from images or {"features"} from the feature cache."""
+    return {key: value for key, value in batch.items() if key != "labels"}
+
+
 def train_one_epoch(model, loader, criterion, optimizer, accelerator: Accelerator, epoch: int) -> float:
     """One pass over the training loader; returns the mean training loss across processes."""
     model.train()
     losses = []
     for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False):
-        loss = criterion(model(batch["pixel_values"]), batch["labels"])
+        loss = criterion(model(**model_inputs(batch)), batch["labels"])
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
@@ -65,12 +71,12 @@ def validate(model, loader, criterion, accelerator: Accelerator) -> dict[str, fl
     model.eval()
     all_logits, all_labels = [], []
     for batch in loader:
-        logits, labels = accelerator.gather_for_metrics((model(batch["pixel_values"]).float(), batch["labels"]))
-        all_logits.append(logits.cpu())
-        all_labels.append(labels.cpu())
+        logits, labels = accelerator.gather_for_metrics((model(**model_inputs(batch)).float(), batch["labels"]))
+        all_logits.append(logits)
+        all_labels.append(labels)
     logits, labels = torch.cat(all_logits), torch.cat(all_labels)
-    return {"loss": criterion.cpu()(logits, labels).item(),
-            "accuracy": accuracy_score(labels.numpy(), logits.argmax(dim=-1).numpy())}
+    return {"loss": criterion(logits, labels).item(),
+            "accuracy": accuracy_score(labels.cpu().numpy(), logits.argmax(dim=-1).cpu().numpy())}
 
 
 def is_better(val: dict, best: dict | None) -> bool:
@@ -78,23 +84,50 @@ def is_better(val: dict, best: dict | None) -> bool:
     return best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"])
 
 
+def image_loaders(config: TrainingConfig, model, splits: dict) -> tuple[DataLoader, DataLoader, None]:
+    """Decode and transform images every epoch (`--cache_views 0`)."""
+    augmentation = train_transform(model.preprocessing, config.rotation_degrees) if config.augment \
+        else eval_transform(model.preprocessing)
+    train_loader = make_loader(splits["train"], augmentation, config.per_device_train_batch_size, True,
+                               config.num_workers)
+    val_loader = make_loader(splits["validation"], eval_transform(model.preprocessing),
+                             config.per_device_eval_batch_size, False, config.num_workers)
+    return train_loader, val_loader, None
+
+
+def feature_cache_dir(config: TrainingConfig, output_dir: Path) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else output_dir / "feature_cache"
+
+
+def feature_loaders(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
+                    output_dir: Path) -> tuple[DataLoader, DataLoader, CachedViews]:
+    """Backbone features computed once (`--cache_views K`), one view per image per epoch."""
+    cache_dir = feature_cache_dir(config, output_dir)
+    train_set = CachedViews(cached_features(model, splits["train"], "train", config.cache_views, config,
+                                            accelerator, cache_dir), splits["train"]["label"], config.seed)
+    val_set = CachedViews(cached_features(model, splits["validation"], "validation", 1, config, accelerator,
+                                          cache_dir), splits["validation"]["label"], config.seed)
+    return (DataLoader(train_set, batch_size=config.per_device_train_batch_size, shuffle=True),
+            DataLoader(val_set, batch_size=config.per_device_eval_batch_size), train_set)
+
+
 def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict, output_dir: Path) -> dict:
     """Train the head, saving the best epoch to output_dir/best/. Returns the best epoch's record."""
-    preprocessing = model.preprocessing
-    train_loader = make_loader(splits["train"], train_transform(preprocessing, config.rotation_degrees),
-                               config.per_device_train_batch_size, True, config.num_workers)
-    val_loader = make_loader(splits["validation"], eval_transform(preprocessing),
-                             config.per_device_eval_batch_size, False, config.num_workers)
+    train_loader, val_loader, cached_train = (feature_loaders(config, accelerator, model, splits, output_dir)
+                                              if config.cache_views else image_loaders(config, model, splits))
     criterion = class_weighted_loss(splits["train"]["label"]).to(accelerator.device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
+    set_seed(config.seed)  # the same shuffles and dropout masks whichever path computed the inputs
     best, history = None, []
     for epoch in range(1, config.num_train_epochs + 1):
         started = time.perf_counter()
+        if cached_train is not None:
+            cached_train.choose_views(epoch)
         train_loss = train_one_epoch(model, train_loader, criterion, optimizer, accelerator, epoch)
-        val = validate(model, val_loader, criterion.to(accelerator.device), accelerator)
+        val = validate(model, val_loader, criterion, accelerator)
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         scheduler.step(val["accuracy"])
@@ -111,19 +144,24 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
     return best
 
 
-def fit_guard(config: TrainingConfig, accelerator: Accelerator, splits: dict, best_dir: Path) -> float:
-    """Fit the not-an-X-ray guard on the best model's features and save it into best/. Returns the threshold."""
+def fit_guard(config: TrainingConfig, accelerator: Accelerator, splits: dict, output_dir: Path) -> float:
+    """Fit the not-an-X-ray guard on un-augmented train/validation features; save it into best/."""
+    best_dir = output_dir / "best"
     model = PneumoniaClassifier.from_pretrained(best_dir)
-    transform = eval_transform(model.preprocessing)
-    loaders = [make_loader(splits[name], transform, config.per_device_eval_batch_size, False, config.num_workers)
-               for name in ("train", "validation")]
-    model, *loaders = accelerator.prepare(model, *loaders)
-    train_features, val_features = (extract_features(model, loader, accelerator) for loader in loaders)
-    guard = fit_feature_guard(train_features, val_features)
+    if config.cache_views:  # the backbone is unchanged, so these are cache hits (view 0 is un-augmented)
+        train_features, val_features = (
+            cached_features(model, splits[name], name, views, config, accelerator, feature_cache_dir(config, output_dir))[0]
+            for name, views in (("train", config.cache_views), ("validation", 1)))
+    else:
+        model.to(accelerator.device)
+        train_features, val_features = (
+            extract_features(model, accelerator.prepare(make_loader(splits[name], eval_transform(model.preprocessing),
+                             config.per_device_eval_batch_size, False, config.num_workers)), accelerator)
+            for name in ("train", "validation"))
+    guard = fit_feature_guard(np.asarray(train_features), np.asarray(val_features))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.set_feature_guard(**guard)
-        unwrapped.save_pretrained(best_dir)
+        model.set_feature_guard(**guard)
+        model.save_pretrained(best_dir)
     accelerator.wait_for_everyone()
     return float(guard["threshold"])
 
@@ -153,7 +191,7 @@ def main(argv=None) -> dict:
     best = train(config, accelerator, model, splits, output_dir)
 
     # Fit the not-an-X-ray guard to the training images' features
-    guard_threshold = fit_guard(config, accelerator, splits, output_dir / "best")
+    guard_threshold = fit_guard(config, accelerator, splits, output_dir)
 
     # Evaluate the best model on the untouched test set
     results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], Path(config.data_dir) / "test",

@@ -1,0 +1,105 @@
+"""The feature cache: same head as the uncached path, invalidated by any change, reused across runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO_ROOT, SAMPLE_DIR
+from trainer import PneumoniaClassifier
+from trainer.data import load_chest_xray
+from trainer.evaluation import main as evaluate_main
+from trainer.features import CachedViews, cache_key
+from trainer.train import main
+
+QUICK = ["--no_pretrained", "--num_train_epochs", "1", "--num_workers", "0"]
+
+
+def head_weights(output_dir):
+    return {k: v for k, v in load_file(output_dir / "best" / "model.safetensors").items() if k.startswith("head.")}
+
+
+def test_cached_and_uncached_paths_train_the_same_head(tmp_path):
+    main([*QUICK, "--cache_views", "1", "--output_dir", str(tmp_path / "cached")])
+    main([*QUICK, "--cache_views", "0", "--no_augment", "--output_dir", str(tmp_path / "uncached")])
+    cached, uncached = head_weights(tmp_path / "cached"), head_weights(tmp_path / "uncached")
+    assert cached.keys() == uncached.keys() and len(cached) == 4
+    fresh = PneumoniaClassifier.for_training("resnet18", False, 256, 0.5).head.state_dict()
+    for key, value in cached.items():
+        assert torch.allclose(value, uncached[key], atol=1e-5), key
+        assert not torch.equal(value, fresh[key.removeprefix("head.")])  # the head did train
+
+
+def test_a_second_run_reuses_the_cache_without_extracting(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    main([*QUICK, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "first")])
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and files[0].startswith("train-") and files[1].startswith("validation-")
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr("trainer.features.extract_features", no_extraction)
+    main([*QUICK, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "second")])
+    assert sorted(p.name for p in cache.iterdir()) == files
+    assert head_weights(tmp_path / "first").keys() == head_weights(tmp_path / "second").keys()
+
+
+@pytest.fixture(scope="module")
+def train_split():
+    return load_chest_xray(SAMPLE_DIR)["train"]
+
+
+def test_cache_key_changes_with_backbone_preprocessing_data_and_views(train_split, sample_copy):
+    torch.manual_seed(0)
+    model = PneumoniaClassifier.for_training("resnet18", False, 16, 0.0)
+    key = cache_key(model, train_split, 3, 10.0, 42)
+    assert cache_key(model, train_split, 3, 10.0, 42) == key
+    assert cache_key(model, train_split, 2, 10.0, 42) != key
+    assert cache_key(model, train_split, 3, 5.0, 42) != key
+    assert cache_key(model, train_split.select(range(100)), 3, 10.0, 42) != key
+    model.preprocessing = {**model.preprocessing, "interpolation": "bilinear"}
+    changed_preprocessing = cache_key(model, train_split, 3, 10.0, 42)
+    assert changed_preprocessing != key
+    with torch.no_grad():
+        model.backbone.conv1.weight[0, 0, 0, 0] += 1.0
+    assert cache_key(model, train_split, 3, 10.0, 42) != changed_preprocessing
+    copied = load_chest_xray(sample_copy)["train"]
+    first = next((sample_copy / "train" / "NORMAL").iterdir())
+    os.utime(first, (1, 1))  # same names and sizes, but a file changed since
+    assert cache_key(model, copied, 3, 10.0, 42) != cache_key(model, load_chest_xray(SAMPLE_DIR)["train"], 3, 10.0, 42)
+
+
+def test_each_epoch_sees_one_view_per_image_reproducibly():
+    features = torch.arange(3 * 5 * 2, dtype=torch.float32).reshape(3, 5, 2)
+    views = CachedViews(features, [0, 1, 0, 1, 0], seed=7)
+    views.choose_views(1)
+    first = views.views.clone()
+    assert first.min() >= 0 and first.max() < 3 and len(first) == 5
+    assert torch.equal(views[2]["features"], features[first[2], 2])
+    views.choose_views(2)
+    second = views.views.clone()
+    views.choose_views(1)
+    assert torch.equal(views.views, first) and not torch.equal(first, second)
+
+
+def test_two_process_cached_run_evaluates_every_test_image_once(tmp_path):
+    """A real two-process gloo run (ACCELERATE_USE_CPU + --multi_gpu starts two processes on a CPU box)."""
+    output_dir = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "trainer",
+         *QUICK, "--cache_views", "2", "--output_dir", str(output_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    distributed = json.loads((output_dir / "all_results.json").read_text())
+    assert distributed["test_samples"] == 101 and sum(map(sum, distributed["test_confusion_matrix"])) == 101
+    single = evaluate_main(["--model", str(output_dir / "best"), "--output_dir", str(tmp_path / "single"),
+                            "--num_workers", "0"])
+    assert single["test_confusion_matrix"] == distributed["test_confusion_matrix"]
+    for key in ("test_accuracy", "test_roc_auc", "test_sensitivity", "test_specificity"):
+        assert single[key] == pytest.approx(distributed[key], abs=1e-6), key
