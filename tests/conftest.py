@@ -26,6 +26,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Runs with the same data, seed and backbone share cached features, so most test runs skip extraction.
+SHARED_FEATURE_CACHE = tempfile.mkdtemp(prefix="pneumonia-tests-feature-cache-")
+FAST_TRAINING = ["--no_pretrained", "--num_workers", "0", "--cache_dir", SHARED_FEATURE_CACHE]
 SAMPLE_DIR = REPO_ROOT / "sample_data" / "chest_xray"
 
 
@@ -47,8 +50,7 @@ def trained_run(tmp_path_factory):
     from trainer.train import main
 
     output_dir = tmp_path_factory.mktemp("run")
-    results = main(["--no_pretrained", "--num_train_epochs", "3", "--lr_patience", "0", "--num_workers", "0",
-                    "--per_device_train_batch_size", "32", "--output_dir", str(output_dir)])
+    results = main([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", "--output_dir", str(output_dir)])
     return output_dir, results
 
 

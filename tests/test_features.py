@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO_ROOT, SAMPLE_DIR
+from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
 from trainer import PneumoniaClassifier
 from trainer.data import load_chest_xray
 from trainer.evaluation import main as evaluate_main
@@ -92,7 +92,7 @@ def test_two_process_cached_run_evaluates_every_test_image_once(tmp_path):
     output_dir = tmp_path / "ddp"
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "trainer",
-         *QUICK, "--cache_views", "2", "--output_dir", str(output_dir)],
+         *FAST_TRAINING, "--num_train_epochs", "1", "--cache_views", "2", "--output_dir", str(output_dir)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

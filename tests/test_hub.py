@@ -10,7 +10,7 @@ import gradio
 import pytest
 from huggingface_hub import HfApi, ModelCard, SpaceCard, snapshot_download
 
-from tests.conftest import REPO_ROOT, sample_images
+from tests.conftest import FAST_TRAINING, REPO_ROOT, sample_images
 from tests.hub_server import TOKEN, USER
 from trainer import PneumoniaClassifier
 from trainer.push import PushError, push_run
@@ -122,7 +122,7 @@ def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_run(trained_run)
 
 
 def test_training_with_push_to_hub_pushes_when_it_ends(hub, tmp_path):
-    results = main(["--no_pretrained", "--num_train_epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path),
+    results = main([*FAST_TRAINING, "--num_train_epochs", "1", "--output_dir", str(tmp_path),
                     "--push_to_hub", "--hub_model_id", f"{USER}/from-training", "--hub_token", TOKEN,
                     "--hub_private_repo"])
     info = HfApi(token=TOKEN).model_info(f"{USER}/from-training")
@@ -132,8 +132,8 @@ def test_training_with_push_to_hub_pushes_when_it_ends(hub, tmp_path):
 
 
 def test_failed_push_at_the_end_of_training_keeps_the_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "trainer", "--no_pretrained", "--num_train_epochs", "1",
-                             "--num_workers", "0", "--output_dir", str(tmp_path), "--push_to_hub",
+    result = subprocess.run([sys.executable, "-m", "trainer", *FAST_TRAINING, "--num_train_epochs", "1",
+                             "--output_dir", str(tmp_path), "--push_to_hub",
                              "--hub_model_id", f"{USER}/never", "--hub_token", TOKEN],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"})

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import FAST_TRAINING
 from trainer import PneumoniaClassifier
 from trainer.data import patient_id
 
@@ -32,6 +33,35 @@ def test_all_results_has_every_key_with_sane_values(trained_run):
     assert 1 <= results["best_epoch"] <= 3
     assert 0.0 <= results["best_val_accuracy"] <= 1.0
     assert results["imagenet_weights"] is False
+    assert 0.0 < results["decision_threshold"] < 1.0 and results["threshold_strategy"] == "youden"
+    assert np.array(results["test_at_0.5_confusion_matrix"]).sum() == 101
+    for key in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc"):
+        low, high = results["test_ci95"][key]
+        assert low <= results[f"test_{key}"] <= high, key
+    for key in ("test_ece_before_calibration", "test_ece_after_calibration", "test_brier_after_calibration"):
+        assert 0.0 <= results[key] <= 1.0
+
+
+def test_operating_point_and_guard_are_saved_with_the_model(trained_run):
+    output_dir, results = trained_run
+    model = PneumoniaClassifier.from_pretrained(output_dir / "best")
+    assert model.threshold == pytest.approx(results["decision_threshold"])
+    assert float(model.temperature) == pytest.approx(results["temperature"])
+    assert float(model.guard_threshold) == pytest.approx(results["feature_guard_threshold"])
+    assert np.isfinite(float(model.guard_threshold)) and model.guard_precision.abs().sum() > 0
+
+
+def test_same_seed_gives_identical_results(trained_run, tmp_path):
+    from trainer.train import main
+
+    output_dir, _ = trained_run
+    args = json.loads((output_dir / "training_config.json").read_text())
+    rerun = main([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", "--output_dir", str(tmp_path)])
+    first = json.loads((output_dir / "all_results.json").read_text())
+    assert args["seed"] == 42
+    for volatile in ("train_runtime_seconds",):
+        first.pop(volatile), rerun.pop(volatile)
+    assert json.loads(json.dumps(rerun)) == first
 
 
 def test_best_epoch_is_the_highest_validation_accuracy(trained_run):
@@ -84,9 +114,11 @@ def test_best_checkpoint_reloads_and_predicts_like_the_run(trained_run):
         assert probabilities["PNEUMONIA"] == pytest.approx(row["pneumonia_probability"], abs=1e-5)
 
 
-def test_confusion_matrix_plot_is_a_real_image(trained_run):
+@pytest.mark.parametrize("name", ["confusion_matrix.png", "roc_curve.png", "pr_curve.png", "reliability_diagram.png",
+                                  "training_curves.png"])
+def test_plots_are_real_images(trained_run, name):
     output_dir, _ = trained_run
-    with Image.open(output_dir / "confusion_matrix.png") as plot:
+    with Image.open(output_dir / name) as plot:
         assert plot.format == "PNG" and plot.width > 300 and plot.height > 300
         colours = plot.convert("RGB").getcolors(maxcolors=1_000_000)
-    assert len(colours) > 50  # text, cells and a colour map, not a blank canvas
+    assert len(colours) > 50  # text, axes and curves or cells, not a blank canvas

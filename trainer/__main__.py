@@ -3,6 +3,7 @@
 import logging
 import sys
 
+from .checkpointing import TrainingInterrupted
 from .data import DatasetLayoutError
 from .model import PretrainedWeightsUnavailable
 from .push import PushError
@@ -12,5 +13,5 @@ if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         main()
-    except (DatasetLayoutError, PretrainedWeightsUnavailable, PushError, ValueError) as error:
+    except (DatasetLayoutError, PretrainedWeightsUnavailable, PushError, TrainingInterrupted, ValueError) as error:
         sys.exit(f"error: {error}")

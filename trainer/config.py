@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .calibration import check_threshold_strategy
+
 BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "chest_xray"
 
 
@@ -36,6 +38,8 @@ class TrainingConfig:
     rotation_degrees: float = option(10.0, "Random rotation range (+/- degrees) for training augmentation.")
     augment: bool = option(True, "Augment training images (flip, rotation); --no_augment turns it off.",
                            flag="--no_augment")
+    threshold_strategy: str = option("youden", "Decision threshold, chosen on validation: youden, sensitivity:T "
+                                     "(most specific threshold reaching validation sensitivity T) or fixed:V.")
     # Speed
     cache_views: int = option(3, "Feature cache: compute backbone features once, for K views of each training "
                               "image (view 0 un-augmented, so K=1 means no augmentation); 0 decodes and runs the "
@@ -45,6 +49,9 @@ class TrainingConfig:
     # Runtime
     seed: int = option(42, "Seed for the split, the head initialisation and data order.")
     num_workers: int = option(2, "DataLoader worker processes per process.")
+    # Checkpoints
+    checkpoint_total_limit: int = option(2, "Resumable states kept in OUTPUT_DIR/checkpoints (one saved per epoch).")
+    resume_from_checkpoint: str | None = option(None, "Continue a run: `latest` or a checkpoint folder.")
     # Hub
     push_to_hub: bool = option(False, "Push the best model, card and results to the Hub when training ends.")
     hub_model_id: str | None = option(None, "Model repo to push to, NAME/REPO.")
@@ -59,6 +66,7 @@ class TrainingConfig:
         for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "head_hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        check_threshold_strategy(self.threshold_strategy)
         if self.cache_views < 0:
             raise ValueError(f"--cache_views must be 0 (no cache) or more, got {self.cache_views}.")
         if self.push_to_hub and not self.hub_model_id:

@@ -18,10 +18,12 @@ from accelerate import Accelerator
 from sklearn.metrics import ConfusionMatrixDisplay
 from tqdm.auto import tqdm
 
+from .calibration import brier_score, expected_calibration_error
 from .config import BUNDLED_SAMPLE
 from .data import load_chest_xray, make_loader
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform
+from .report import bootstrap_intervals, plot_precision_recall, plot_reliability, plot_roc
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -35,16 +37,16 @@ def load_metric() -> evaluate.EvaluationModule:
 
 
 @torch.inference_mode()
-def predict_loader(model, dataloader, accelerator: Accelerator, description: str = "predict") -> tuple[np.ndarray, np.ndarray]:
-    """Return (labels, PNEUMONIA probabilities) for every sample once, gathered across processes."""
+def predict_loader(model, dataloader, accelerator: Accelerator, description: str = "predict") -> tuple[np.ndarray, torch.Tensor]:
+    """Return (labels, logits) for every sample once, in order, gathered across processes."""
     model.eval()
-    all_labels, all_scores = [], []
+    all_labels, all_logits = [], []
     for batch in tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
-        probabilities = model(batch["pixel_values"]).float().softmax(dim=-1)[:, 1]
-        labels, probabilities = accelerator.gather_for_metrics((batch["labels"], probabilities))
+        logits = model(batch["pixel_values"]).float()
+        labels, logits = accelerator.gather_for_metrics((batch["labels"], logits))
         all_labels.append(labels.cpu())
-        all_scores.append(probabilities.cpu())
-    return torch.cat(all_labels).numpy(), torch.cat(all_scores).numpy()
+        all_logits.append(logits.cpu())
+    return torch.cat(all_labels).numpy(), torch.cat(all_logits)
 
 
 def compute_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
@@ -83,17 +85,34 @@ def write_json(data: dict, path: Path) -> None:
 
 def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: datasets.Dataset, test_dir: Path,
                      output_dir: Path, batch_size: int, num_workers: int) -> dict:
-    """Evaluate a saved model on the test split; write per-image predictions; return `test_` metrics."""
+    """Evaluate a saved model on the test split at its threshold and at 0.5, with intervals and plots.
+
+    Writes per-image predictions and the ROC, PR and reliability plots; returns `test_` metrics.
+    """
     model = PneumoniaClassifier.from_pretrained(model_dir)
     loader = make_loader(test, eval_transform(model.preprocessing), batch_size, False, num_workers)
-    model, loader = accelerator.prepare(model, loader)
-    labels, scores = predict_loader(model, loader, accelerator, description="test")
-    metrics = compute_metrics(labels, scores, accelerator.unwrap_model(model).threshold)
+    prepared, loader = accelerator.prepare(model, loader)
+    labels, logits = predict_loader(prepared, loader, accelerator, description="test")
+    scores = model.probabilities(logits)[:, 1].numpy()
+    raw_scores = logits.softmax(dim=-1)[:, 1].numpy()
+    results = {f"test_{key}": value for key, value in compute_metrics(labels, scores, model.threshold).items()}
+    results |= {f"test_at_0.5_{key}": value for key, value in compute_metrics(labels, scores, 0.5).items()
+                if key in ("accuracy", "sensitivity", "specificity", "f1", "confusion_matrix")}
+    results |= {"test_samples": int(len(labels)), "decision_threshold": model.threshold,
+                "temperature": float(model.temperature),
+                "test_ece_before_calibration": expected_calibration_error(labels, raw_scores),
+                "test_ece_after_calibration": expected_calibration_error(labels, scores),
+                "test_brier_before_calibration": brier_score(labels, raw_scores),
+                "test_brier_after_calibration": brier_score(labels, scores),
+                "test_ci95": bootstrap_intervals(labels, scores, model.threshold)}
     if accelerator.is_main_process:
         write_json([{"path": str(test_dir / name), "label": int(label), "pneumonia_probability": float(score)}
                     for name, label, score in zip(test["file_name"], labels, scores)],
                    output_dir / "test_predictions.json")
-    return {f"test_{key}": value for key, value in metrics.items()} | {"test_samples": int(len(labels))}
+        plot_roc(labels, scores, model.threshold, output_dir / "roc_curve.png")
+        plot_precision_recall(labels, scores, output_dir / "pr_curve.png")
+        plot_reliability(labels, raw_scores, scores, output_dir / "reliability_diagram.png")
+    return results
 
 
 def main(argv=None) -> dict:

@@ -89,7 +89,6 @@ class PneumoniaClassifier(
         labels: list[str] = LABELS,
         preprocessing: dict | None = None,
         imagenet_weights: bool = False,
-        threshold: float = 0.5,
     ):
         super().__init__()
         # Weights always come from a checkpoint or from `with_imagenet_backbone`; never download here.
@@ -103,8 +102,10 @@ class PneumoniaClassifier(
         self.labels = list(labels)
         self.preprocessing = preprocessing or preprocessing_config(model_name)
         self.imagenet_weights = imagenet_weights
-        self.threshold = threshold
         self._transform = None
+        # Chosen on validation after training (trainer/calibration.py); saved with the weights.
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("decision_threshold", torch.tensor(0.5))
         # The not-an-X-ray guard (trainer/feature_guard.py), fitted after training; off (inf) until then.
         features = self.backbone.num_features
         self.register_buffer("guard_mean", torch.zeros(features))
@@ -161,6 +162,19 @@ class PneumoniaClassifier(
             self._transform = eval_transform(self.preprocessing)
         return self._transform
 
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on P(PNEUMONIA)."""
+        return float(self.decision_threshold)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities: softmax(logits / temperature)."""
+        return (logits.float() / self.temperature).softmax(dim=-1)
+
+    def set_operating_point(self, temperature: float, threshold: float) -> None:
+        self.temperature.fill_(temperature)
+        self.decision_threshold.fill_(threshold)
+
     def set_feature_guard(self, mean: torch.Tensor, precision: torch.Tensor, threshold: torch.Tensor) -> None:
         self.guard_mean.copy_(mean)
         self.guard_precision.copy_(precision)
@@ -172,7 +186,7 @@ class PneumoniaClassifier(
         self.eval()
         device = next(self.parameters()).device
         features = self.forward_features(self.transform(image).unsqueeze(0).to(device))
-        probabilities = self.head(features).float().softmax(dim=-1)[0]
+        probabilities = self.probabilities(self.head(features))[0]
         distance = float(mahalanobis(features.float(), self.guard_mean, self.guard_precision)[0])
         looks_like_xray = distance <= float(self.guard_threshold)
         return {label: float(p) for label, p in zip(self.labels, probabilities)}, distance, looks_like_xray

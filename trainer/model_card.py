@@ -43,4 +43,4 @@ def build_model_card(output_dir: Path, model_id: str) -> ModelCard:
     return ModelCard.from_template(
         card_data, template_str=TEMPLATE.read_text(), model_id=model_id, config=config, results=results,
         preprocessing=model_config["preprocessing"], num_features=model_config["num_features"],
-        threshold=model_config.get("threshold", 0.5), split_procedure=split_procedure)
+        threshold=results["decision_threshold"], split_procedure=split_procedure)

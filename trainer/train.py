@@ -3,20 +3,24 @@
     accelerate launch -m trainer --data_dir path/to/chest_xray --output_dir outputs/run1
 """
 
+import itertools
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, skip_first_batches
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from sklearn.metrics import accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .calibration import choose_threshold, fit_temperature
+from .checkpointing import StopOnSignal, TrainingInterrupted, TrainingProgress, resolve_checkpoint
 from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest
 from .evaluation import evaluate_on_test, plot_confusion_matrix, results_table, write_json
@@ -25,6 +29,7 @@ from .features import CachedViews, cached_features, extract_features
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform, train_transform
 from .push import push_run
+from .report import plot_training_curves
 
 logger = get_logger(__name__)
 
@@ -52,17 +57,56 @@ def model_inputs(batch: dict) -> dict:
     return {key: value for key, value in batch.items() if key != "labels"}
 
 
-def train_one_epoch(model, loader, criterion, optimizer, accelerator: Accelerator, epoch: int) -> float:
-    """One pass over the training loader; returns the mean training loss across processes."""
+def train_one_epoch(model, batches, criterion, optimizer, accelerator: Accelerator, progress: TrainingProgress,
+                    stop: StopOnSignal) -> bool:
+    """Train on `batches` (the rest of this epoch), adding to progress.epoch_sums and progress.step.
+
+    Returns False when a stop signal arrived (seen by any process); the batch in flight is finished first.
+    """
     model.train()
-    losses = []
-    for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False):
-        loss = criterion(model(**model_inputs(batch)), batch["labels"])
+    sums = progress.epoch_sums
+    for batch in tqdm(batches, desc=f"epoch {progress.epoch + 1}", disable=not accelerator.is_local_main_process,
+                      leave=False):
+        logits = model(**model_inputs(batch))
+        loss = criterion(logits, batch["labels"])
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(accelerator.gather(loss.detach()).mean().item())
-    return float(np.mean(losses))
+        counts = torch.stack([loss.detach() * len(logits), (logits.argmax(-1) == batch["labels"]).sum(),
+                              torch.tensor(len(logits), device=logits.device), torch.tensor(stop.requested,
+                              device=logits.device)]).float().reshape(1, 4)
+        totals = accelerator.gather(counts).sum(dim=0)
+        sums["losses"].append(totals[0].item() / totals[2].item())
+        sums["correct"] += int(totals[1].item())
+        sums["seen"] += int(totals[2].item())
+        progress.step += 1
+        if totals[3] > 0:
+            return False
+    return True
+
+
+def epoch_batches(loader, progress: TrainingProgress):
+    """An iterator over this epoch's batches, replaying an interrupted epoch exactly.
+
+    The shuffle depends only on (seed, epoch) (seedable sampler). Starting an iterator also draws the
+    DataLoader's base seed from the torch RNG, so a resumed epoch starts it from the RNG state the
+    epoch began with, then returns to the state saved at the interruption. Exact for the feature
+    cache; with --cache_views 0 and augmentation in the main process (num_workers 0), the
+    augmentation of the batch prefetched at the interruption is drawn again, so the rest of the
+    epoch matches in distribution, not bit for bit.
+    """
+    if progress.step == 0:
+        progress.epoch_rng = torch.get_rng_state()
+        loader.set_epoch(progress.epoch)
+        return iter(loader)
+    interrupted_rng = torch.get_rng_state()
+    torch.set_rng_state(progress.epoch_rng)
+    skipping = skip_first_batches(loader, progress.step)
+    skipping.set_epoch(progress.epoch)  # a skipping loader is new: it must be told the epoch too
+    batches = iter(skipping)
+    first = next(batches, None)  # the iterator only starts (and draws its seed) at the first batch
+    torch.set_rng_state(interrupted_rng)
+    return itertools.chain([] if first is None else [first], batches)
 
 
 @torch.inference_mode()
@@ -112,64 +156,111 @@ def feature_loaders(config: TrainingConfig, accelerator: Accelerator, model, spl
 
 
 def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict, output_dir: Path) -> dict:
-    """Train the head, saving the best epoch to output_dir/best/. Returns the best epoch's record."""
+    """Train the head, saving the best epoch to output_dir/best/ and a resumable state every epoch.
+
+    Returns the best epoch's record. Raises TrainingInterrupted after saving state on SIGTERM/SIGINT.
+    """
     train_loader, val_loader, cached_train = (feature_loaders(config, accelerator, model, splits, output_dir)
                                               if config.cache_views else image_loaders(config, model, splits))
     criterion = class_weighted_loss(splits["train"]["label"]).to(accelerator.device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(scheduler, progress)
 
-    set_seed(config.seed)  # the same shuffles and dropout masks whichever path computed the inputs
-    best, history = None, []
-    for epoch in range(1, config.num_train_epochs + 1):
-        started = time.perf_counter()
-        if cached_train is not None:
-            cached_train.choose_views(epoch)
-        train_loss = train_one_epoch(model, train_loader, criterion, optimizer, accelerator, epoch)
-        val = validate(model, val_loader, criterion, accelerator)
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
-        scheduler.step(val["accuracy"])
-        history.append(record)
-        logger.info("epoch %d: train_loss %.4f  val_loss %.4f  val_accuracy %.4f  lr %.2e  (%.0fs)", epoch,
-                    train_loss, val["loss"], val["accuracy"], record["lr"], record["seconds"])
-        if is_better(val, best):
-            best = {**val, "epoch": epoch}
-            if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
-        accelerator.wait_for_everyone()
+    set_seed(config.seed)  # the same dropout masks whichever path computed the inputs
+    if config.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(config.resume_from_checkpoint, output_dir)
+        accelerator.load_state(checkpoint)
+        accelerator.project_configuration.iteration = int(checkpoint.name.split("_")[-1]) + 1
+        logger.info("resumed from %s at epoch %d, batch %d", checkpoint, progress.epoch + 1, progress.step)
+
+    with StopOnSignal() as stop:
+        while progress.epoch < config.num_train_epochs:
+            started = time.perf_counter()
+            if cached_train is not None:
+                cached_train.choose_views(progress.epoch + 1)
+            if not train_one_epoch(model, epoch_batches(train_loader, progress), criterion, optimizer, accelerator,
+                                   progress, stop):
+                accelerator.save_state()
+                raise TrainingInterrupted(
+                    f"Stopped by a signal in epoch {progress.epoch + 1} after {progress.step} batches; a resumable "
+                    f"state is in {output_dir / 'checkpoints'}. Continue with the same command plus "
+                    "--resume_from_checkpoint latest.")
+            finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, scheduler, progress,
+                         output_dir, time.perf_counter() - started)
+            accelerator.save_state()
     if accelerator.is_main_process:
-        write_json({"history": history}, output_dir / "training_history.json")
-    return best
+        write_json({"history": progress.history}, output_dir / "training_history.json")
+        plot_training_curves(progress.history, output_dir / "training_curves.png")
+    return progress.best
 
 
-def fit_guard(config: TrainingConfig, accelerator: Accelerator, splits: dict, output_dir: Path) -> float:
-    """Fit the not-an-X-ray guard on un-augmented train/validation features; save it into best/."""
+def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, scheduler, progress: TrainingProgress,
+                 output_dir: Path, seconds: float) -> None:
+    """Validate, step the scheduler, log, keep the best model and move progress to the next epoch."""
+    val = validate(model, val_loader, criterion, accelerator)
+    sums = progress.epoch_sums
+    record = {"epoch": progress.epoch + 1, "train_loss": float(np.mean(sums["losses"])),
+              "train_accuracy": sums["correct"] / sums["seen"], "val_loss": val["loss"],
+              "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
+    scheduler.step(val["accuracy"])
+    progress.history.append(record)
+    logger.info("epoch %d: train_loss %.4f  val_loss %.4f  val_accuracy %.4f  lr %.2e  (%.0fs)", record["epoch"],
+                record["train_loss"], val["loss"], val["accuracy"], record["lr"], seconds)
+    if is_better(val, progress.best):
+        progress.best = {**val, "epoch": record["epoch"]}
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
+    accelerator.wait_for_everyone()
+    progress.epoch, progress.step = progress.epoch + 1, 0
+    progress.epoch_sums = {"losses": [], "correct": 0, "seen": 0}
+
+
+def best_model_features(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
+                        output_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Un-augmented train and validation features (cache hits when the cache is on: view 0)."""
+    if config.cache_views:
+        return tuple(cached_features(model, splits[name], name, views, config, accelerator,
+                                     feature_cache_dir(config, output_dir))[0].numpy()
+                     for name, views in (("train", config.cache_views), ("validation", 1)))
+    model.to(accelerator.device)
+    return tuple(extract_features(model, accelerator.prepare(make_loader(
+        splits[name], eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
+        config.num_workers)), accelerator) for name in ("train", "validation"))
+
+
+def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits: dict, output_dir: Path) -> dict:
+    """Fit, on train/validation only, the not-an-X-ray guard, the temperature and the decision threshold;
+    save them into best/ and return them."""
     best_dir = output_dir / "best"
-    model = PneumoniaClassifier.from_pretrained(best_dir)
-    if config.cache_views:  # the backbone is unchanged, so these are cache hits (view 0 is un-augmented)
-        train_features, val_features = (
-            cached_features(model, splits[name], name, views, config, accelerator, feature_cache_dir(config, output_dir))[0]
-            for name, views in (("train", config.cache_views), ("validation", 1)))
-    else:
-        model.to(accelerator.device)
-        train_features, val_features = (
-            extract_features(model, accelerator.prepare(make_loader(splits[name], eval_transform(model.preprocessing),
-                             config.per_device_eval_batch_size, False, config.num_workers)), accelerator)
-            for name in ("train", "validation"))
-    guard = fit_feature_guard(np.asarray(train_features), np.asarray(val_features))
+    model = PneumoniaClassifier.from_pretrained(best_dir).eval()
+    train_features, val_features = best_model_features(config, accelerator, model, splits, output_dir)
+    guard = fit_feature_guard(train_features, val_features)
+    with torch.inference_mode():
+        val_logits = model.head(torch.from_numpy(val_features).to(accelerator.device)).float().cpu()
+    val_labels = torch.tensor(splits["validation"]["label"])
+    temperature = fit_temperature(val_logits, val_labels)
+    val_scores = (val_logits / temperature).softmax(dim=-1)[:, 1].numpy()
+    threshold = choose_threshold(val_labels.numpy(), val_scores, config.threshold_strategy)
     if accelerator.is_main_process:
         model.set_feature_guard(**guard)
+        model.set_operating_point(temperature, threshold)
         model.save_pretrained(best_dir)
     accelerator.wait_for_everyone()
-    return float(guard["threshold"])
+    return {"feature_guard_threshold": float(guard["threshold"]), "temperature": temperature,
+            "decision_threshold": threshold, "threshold_strategy": config.threshold_strategy}
 
 
 def main(argv=None) -> dict:
     """Run every stage; returns what was written to output_dir/all_results.json."""
     config = parse_config(argv)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    project = ProjectConfiguration(project_dir=config.output_dir, automatic_checkpoint_naming=True,
+                                   total_limit=config.checkpoint_total_limit)
+    # Seedable sampler: epoch e's shuffle depends on (seed, e) only, so a resumed run replays it exactly.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_config=project,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     output_dir = Path(config.output_dir)
     set_seed(config.seed)
     started = time.perf_counter()
@@ -180,6 +271,9 @@ def main(argv=None) -> dict:
     splits = {"train": train_split, "validation": val_split, "test": data["test"]}
     logger.info("split sizes: %s", {name: len(part) for name, part in splits.items()})
     if accelerator.is_main_process:
+        if not config.resume_from_checkpoint and (output_dir / "checkpoints").is_dir():
+            logger.info("starting afresh: removing old resumable states in %s", output_dir / "checkpoints")
+            shutil.rmtree(output_dir / "checkpoints")
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(split_manifest(splits, config.val_fraction, config.seed), output_dir / "splits.json")
         write_json({k: v for k, v in asdict(config).items() if k != "hub_token"}, output_dir / "training_config.json")
@@ -190,8 +284,8 @@ def main(argv=None) -> dict:
     # Train!
     best = train(config, accelerator, model, splits, output_dir)
 
-    # Fit the not-an-X-ray guard to the training images' features
-    guard_threshold = fit_guard(config, accelerator, splits, output_dir)
+    # Fit the not-an-X-ray guard, the temperature and the threshold (validation only: test stays untouched)
+    fitted = finalise_best_model(config, accelerator, splits, output_dir)
 
     # Evaluate the best model on the untouched test set
     results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], Path(config.data_dir) / "test",
@@ -201,7 +295,7 @@ def main(argv=None) -> dict:
                 "num_train_epochs": config.num_train_epochs, "train_samples": len(train_split),
                 "validation_samples": len(val_split), "train_runtime_seconds": time.perf_counter() - started,
                 "train_class_weights": class_weighted_loss(train_split["label"]).weight.tolist(),
-                "feature_guard_threshold": guard_threshold}
+                **fitted}
     if accelerator.is_main_process:
         write_json(results, output_dir / "all_results.json")
         plot_confusion_matrix(results["test_confusion_matrix"], results["test_confusion_matrix_labels"],

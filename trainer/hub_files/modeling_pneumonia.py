@@ -44,6 +44,9 @@ class PneumoniaForImageClassification(PreTrainedModel):
             nn.Dropout(config.dropout),
             nn.Linear(config.head_hidden_dim, len(config.labels)),
         )
+        # Calibration (logits are divided by it) and the decision threshold, fitted on validation.
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("decision_threshold", torch.tensor(0.5))
         # The app's not-an-X-ray guard lives in the same weights; unused here.
         self.register_buffer("guard_mean", torch.zeros(config.num_features))
         self.register_buffer("guard_precision", torch.zeros(config.num_features, config.num_features))
@@ -54,6 +57,6 @@ class PneumoniaForImageClassification(PreTrainedModel):
         pass  # every weight comes from the checkpoint
 
     def forward(self, pixel_values, labels=None, **kwargs):
-        logits = self.head(self.backbone(pixel_values))
+        logits = self.head(self.backbone(pixel_values)) / self.temperature
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)

@@ -1,0 +1,102 @@
+"""Training speed: the naive path (backbone on every image, every epoch) vs the feature cache, side by side.
+
+Each configuration trains in its own process on the same data, epochs and seed; the script prints wall
+time, images through the backbone, peak RSS and test accuracy / ROC-AUC of both, and their ratios.
+
+    python benchmarks/train_speed.py --data_dir ../shared/data/chest_xray_224 --train_subset 1000 --epochs 20
+"""
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def subset_folder(data_dir: Path, train_images: int, seed: int) -> Path:
+    """A Kaggle-layout folder of symlinks: `train_images` training images in the data's class ratio, all of test/."""
+    root = Path(tempfile.mkdtemp(prefix="train-speed-"))
+    for split in ("train", "test"):
+        files = {c: sorted((data_dir / split / c).iterdir()) for c in ("NORMAL", "PNEUMONIA")}
+        total = sum(map(len, files.values()))
+        for class_name, paths in files.items():
+            if split == "train" and train_images:
+                paths = random.Random(seed).sample(paths, round(train_images * len(paths) / total))
+            (root / split / class_name).mkdir(parents=True)
+            for path in paths:
+                (root / split / class_name / path.name).symlink_to(path.resolve())
+    return root
+
+
+def worker(trainer_args: list[str]) -> None:
+    """Run the trainer in this process, counting images through the backbone; print the results as JSON."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from trainer.model import PneumoniaClassifier
+    from trainer.train import main
+
+    counted = {"images": 0}
+    original = PneumoniaClassifier.forward_features
+
+    def counting_forward_features(self, pixel_values):
+        counted["images"] += len(pixel_values)
+        return original(self, pixel_values)
+
+    PneumoniaClassifier.forward_features = counting_forward_features
+    results = main(trainer_args)
+    print("RESULT " + json.dumps({"backbone_images": counted["images"], "test_accuracy": results["test_accuracy"],
+                                  "test_roc_auc": results["test_roc_auc"]}))
+
+
+def measure(trainer_args: list[str]) -> dict:
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, __file__, "--worker", *trainer_args], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"trainer failed ({status}) for {trainer_args}:\n{output[-2000:]}")
+    result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+    return {**result, "seconds": time.perf_counter() - started, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "chest_xray_224",
+                        help="Kaggle-layout folder.")
+    parser.add_argument("--train_subset", type=int, default=1000, help="Training images to use (0 = all of train/).")
+    parser.add_argument("--epochs", type=int, default=20, help="Epochs for both runs.")
+    parser.add_argument("--cache_views", type=int, default=3, help="K for the cached run.")
+    parser.add_argument("--seed", type=int, default=42, help="Seed for the subset and both runs.")
+    args, rest = parser.parse_known_args()
+
+    data = subset_folder(args.data_dir, args.train_subset, args.seed)
+    output = Path(tempfile.mkdtemp(prefix="train-speed-out-"))
+    common = ["--data_dir", str(data), "--no_pretrained", "--num_train_epochs", str(args.epochs),
+              "--seed", str(args.seed), *rest]
+    naive = measure([*common, "--cache_views", "0", "--output_dir", str(output / "naive")])
+    cached = measure([*common, "--cache_views", str(args.cache_views), "--output_dir", str(output / "cached")])
+
+    print(f"data: {args.data_dir} ({args.train_subset or 'all'} train images, full test/), {args.epochs} epochs, "
+          f"seed {args.seed}, no ImageNet weights, {os.cpu_count()} CPU cores")
+    print(f"{'':<22}{'naive':>12}{f'cached K={args.cache_views}':>14}{'ratio':>10}")
+    for key, label in (("seconds", "wall time (s)"), ("backbone_images", "backbone images"),
+                       ("peak_rss_mb", "peak RSS (MB)"), ("test_accuracy", "test accuracy"),
+                       ("test_roc_auc", "test ROC-AUC")):
+        ratio = naive[key] / cached[key] if cached[key] else float("nan")
+        print(f"{label:<22}{naive[key]:>12.4g}{cached[key]:>14.4g}{ratio:>9.2f}x")
+    print(f"speed-up {naive['seconds'] / cached['seconds']:.2f}x; "
+          f"ROC-AUC difference {cached['test_roc_auc'] - naive['test_roc_auc']:+.4f}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2:])
+    else:
+        main()

@@ -1,0 +1,56 @@
+"""Resumable training: a real SIGTERM mid-run, then --resume_from_checkpoint, equals an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from safetensors.torch import load_file
+
+from tests.conftest import FAST_TRAINING, REPO_ROOT
+from trainer.train import main
+
+# Small batches make each epoch long enough (~0.3 s) for the signal to land mid-run.
+RUN = [*FAST_TRAINING, "--num_train_epochs", "40", "--per_device_train_batch_size", "4", "--cache_views", "2",
+       "--checkpoint_total_limit", "2"]
+
+
+def comparable(output_dir):
+    results = json.loads((output_dir / "all_results.json").read_text())
+    results.pop("train_runtime_seconds")
+    return results
+
+
+def test_sigterm_saves_a_state_that_resumes_to_the_uninterrupted_result(tmp_path):
+    main([*RUN, "--output_dir", str(tmp_path / "straight")])
+    assert len(list((tmp_path / "straight" / "checkpoints").iterdir())) == 2  # --checkpoint_total_limit
+
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "trainer", *RUN, "--output_dir", str(tmp_path / "resumed")],
+                                   cwd=REPO_ROOT, stdout=log_file, stderr=log_file,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 300
+    while "epoch 3:" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 1, log.read_text()[-2000:]
+    assert "Stopped by a signal" in log.read_text() and "--resume_from_checkpoint latest" in log.read_text()
+    assert not (tmp_path / "resumed" / "all_results.json").exists()
+
+    main([*RUN, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
+    assert comparable(tmp_path / "resumed") == comparable(tmp_path / "straight")
+    straight = load_file(tmp_path / "straight" / "best" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "best" / "model.safetensors")
+    assert all((straight[key] == resumed[key]).all() for key in straight)
+    history = json.loads((tmp_path / "resumed" / "training_history.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 41))
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trainer", *RUN, "--output_dir", str(tmp_path),
+                             "--resume_from_checkpoint", "latest"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1 and "no checkpoint under" in result.stderr

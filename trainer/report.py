@@ -1,0 +1,83 @@
+"""Uncertainty and plots for the test evaluation: bootstrap intervals, ROC, PR, reliability, training curves."""
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from sklearn.calibration import CalibrationDisplay
+from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay, accuracy_score, f1_score, recall_score, roc_auc_score
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+BOOTSTRAP_METRICS = {
+    "accuracy": lambda y, p, s: accuracy_score(y, p),
+    "sensitivity": lambda y, p, s: recall_score(y, p, pos_label=1, zero_division=0),
+    "specificity": lambda y, p, s: recall_score(y, p, pos_label=0, zero_division=0),
+    "f1": lambda y, p, s: f1_score(y, p, zero_division=0),
+    "roc_auc": lambda y, p, s: roc_auc_score(y, s),
+}
+
+
+def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, resamples: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile intervals from stratified resampling (each class resampled within itself, seeded)."""
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
+    values = {name: [] for name in BOOTSTRAP_METRICS}
+    for _ in range(resamples):
+        index = np.concatenate([rng.choice(members, len(members)) for members in by_class])
+        y, s = labels[index], scores[index]
+        p = (s >= threshold).astype(int)
+        for name, metric in BOOTSTRAP_METRICS.items():
+            values[name].append(metric(y, p, s))
+    tail = (1 - level) / 2 * 100
+    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for name, v in values.items()}
+
+
+def save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_roc(labels, scores, threshold: float, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(5, 5))
+    RocCurveDisplay.from_predictions(labels, scores, ax=axes, name="test", plot_chance_level=True)
+    predicted = scores >= threshold
+    sensitivity, fpr = predicted[labels == 1].mean(), predicted[labels == 0].mean()
+    axes.plot(fpr, sensitivity, "o", color="crimson", label=f"operating point (threshold {threshold:.3f})")
+    axes.set_title("ROC curve, test set")
+    axes.legend(loc="lower right")
+    save(figure, path)
+
+
+def plot_precision_recall(labels, scores, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(5, 5))
+    PrecisionRecallDisplay.from_predictions(labels, scores, ax=axes, name="test", plot_chance_level=True)
+    axes.set_title("Precision-recall curve (PNEUMONIA), test set")
+    save(figure, path)
+
+
+def plot_reliability(labels, scores_before, scores_after, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(5, 5))
+    CalibrationDisplay.from_predictions(labels, scores_before, n_bins=10, ax=axes, name="before temperature scaling")
+    CalibrationDisplay.from_predictions(labels, scores_after, n_bins=10, ax=axes, name="after temperature scaling")
+    axes.set_title("Reliability diagram, test set")
+    save(figure, path)
+
+
+def plot_training_curves(history: list[dict], path: Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    figure, (loss_axes, accuracy_axes, lr_axes) = plt.subplots(1, 3, figsize=(13, 4))
+    loss_axes.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    loss_axes.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    loss_axes.set(title="Loss", xlabel="epoch", ylabel="weighted cross-entropy")
+    accuracy_axes.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
+    accuracy_axes.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
+    accuracy_axes.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    lr_axes.plot(epochs, [h["lr"] for h in history], "o-", color="tab:green", label="learning rate")
+    lr_axes.set(title="Learning rate", xlabel="epoch", ylabel="lr", yscale="log")
+    for axes in (loss_axes, accuracy_axes, lr_axes):
+        axes.legend()
+    save(figure, path)
