@@ -77,3 +77,17 @@ def test_kaggle_download_fails_clearly_when_offline(tmp_path):
     assert result.returncode != 0
     assert "could not download paultimothymooney/chest-xray-pneumonia" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_report_to_tensorboard_writes_per_epoch_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import FAST_TRAINING
+    from trainer.train import main
+
+    main([*FAST_TRAINING, "--num_train_epochs", "2", "--report_to", "tensorboard", "--output_dir", str(tmp_path)])
+    event_files = list((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    assert event_files
+    events = EventAccumulator(str(event_files[0].parent)).Reload()
+    assert [e.step for e in events.Scalars("val_accuracy")] == [1, 2]
+    assert {"train_loss", "val_loss", "lr"} <= set(events.Tags()["scalars"])

@@ -57,6 +57,8 @@ class TrainingConfig:
     hub_model_id: str | None = option(None, "Model repo to push to, NAME/REPO.")
     hub_token: str | None = option(None, "Hub token (default: HF_TOKEN or the saved `hf auth login`).")
     hub_private_repo: bool = option(False, "Create the Hub repo as private.")
+    report_to: str | None = option(None, "Experiment tracker for per-epoch metrics through Accelerate, e.g. "
+                                   "tensorboard (logs under OUTPUT_DIR/runs; needs `pip install tensorboard`).")
     mixed_precision: str | None = option(None, "no, fp16 or bf16; default: what `accelerate launch` was configured with.",
                                          choices=["no", "fp16", "bf16"])
 

@@ -207,6 +207,7 @@ def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, s
               "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
     scheduler.step(val["accuracy"])
     progress.history.append(record)
+    accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
     logger.info("epoch %d: train_loss %.4f  val_loss %.4f  val_accuracy %.4f  lr %.2e  (%.0fs)", record["epoch"],
                 record["train_loss"], val["loss"], val["accuracy"], record["lr"], seconds)
     if is_better(val, progress.best):
@@ -256,11 +257,12 @@ def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits
 def main(argv=None) -> dict:
     """Run every stage; returns what was written to output_dir/all_results.json."""
     config = parse_config(argv)
-    project = ProjectConfiguration(project_dir=config.output_dir, automatic_checkpoint_naming=True,
-                                   total_limit=config.checkpoint_total_limit)
+    project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "runs"),
+                                   automatic_checkpoint_naming=True, total_limit=config.checkpoint_total_limit)
     # Seedable sampler: epoch e's shuffle depends on (seed, e) only, so a resumed run replays it exactly.
     accelerator = Accelerator(mixed_precision=config.mixed_precision, project_config=project,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                              log_with=config.report_to)
     output_dir = Path(config.output_dir)
     set_seed(config.seed)
     started = time.perf_counter()
@@ -277,6 +279,10 @@ def main(argv=None) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(split_manifest(splits, config.val_fraction, config.seed), output_dir / "splits.json")
         write_json({k: v for k, v in asdict(config).items() if k != "hub_token"}, output_dir / "training_config.json")
+
+    if config.report_to:
+        accelerator.init_trackers("pneumonia-detector", config={k: v if isinstance(v, (int, float, bool)) else str(v)
+                                                                for k, v in asdict(config).items() if k != "hub_token"})
 
     # Build the model
     model = PneumoniaClassifier.for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
