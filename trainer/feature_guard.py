@@ -1,9 +1,12 @@
-"""Not-an-X-ray guard: how far an image's backbone features lie from the training X-rays.
+"""Not-an-X-ray guard: how far an image's backbone activations lie from those of the training X-rays.
 
-Fitted when training ends: the mean and a shrunk (Ledoit-Wolf) covariance of the training images'
-pooled backbone features; the threshold is a high quantile of the *validation* images' Mahalanobis
-distances, so about (1 - quantile) of real X-rays are refused. All three are saved in the model's
-weights (buffers), so every consumer of a checkpoint applies the same guard.
+The statistics are the spatial mean and standard deviation of every channel of the backbone's last
+GUARD_STAGES stages (960 channels, 1,920 numbers for a ResNet18): early stages catch texture and
+intensity (a smooth gradient, a photo), late ones content (Lee et al., 2018, use several layers for
+the same reason). Fitted when training ends: their mean and shrunk (Ledoit-Wolf) covariance over up
+to GUARD_FIT_IMAGES training images; the threshold is a high quantile of the *validation* images'
+Mahalanobis distances, so about (1 - quantile) of real X-rays are refused. All three are saved in the
+model's weights (buffers), so every consumer of a checkpoint applies the same guard.
 """
 
 import numpy as np
@@ -11,6 +14,13 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 DEFAULT_QUANTILE = 0.995
+GUARD_STAGES = 4
+GUARD_FIT_IMAGES = 2000
+
+
+def stage_statistics(stages: list[torch.Tensor]) -> torch.Tensor:
+    """(N, 2 * channels): per-channel spatial mean and standard deviation of each stage's activations."""
+    return torch.cat([s.mean(dim=(2, 3)) for s in stages] + [s.std(dim=(2, 3)) for s in stages], dim=1)
 
 
 def mahalanobis(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -19,11 +29,11 @@ def mahalanobis(features: torch.Tensor, mean: torch.Tensor, precision: torch.Ten
     return torch.einsum("nd,de,ne->n", centred, precision.double(), centred).clamp_min(0).sqrt()
 
 
-def fit_feature_guard(train_features: np.ndarray, val_features: np.ndarray,
+def fit_feature_guard(train_statistics: np.ndarray, val_statistics: np.ndarray,
                       quantile: float = DEFAULT_QUANTILE) -> dict[str, torch.Tensor]:
-    """Return {"mean", "precision", "threshold"} tensors from training and validation features."""
-    estimate = LedoitWolf().fit(train_features)
+    """Return {"mean", "precision", "threshold"} tensors from training and validation statistics."""
+    estimate = LedoitWolf().fit(train_statistics)
     mean = torch.from_numpy(estimate.location_).float()
     precision = torch.from_numpy(estimate.precision_).float()
-    distances = mahalanobis(torch.from_numpy(val_features), mean, precision).numpy()
+    distances = mahalanobis(torch.from_numpy(val_statistics), mean, precision).numpy()
     return {"mean": mean, "precision": precision, "threshold": torch.tensor(float(np.quantile(distances, quantile)))}

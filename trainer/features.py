@@ -29,6 +29,18 @@ logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
+def extract_guard_statistics(model, loader, accelerator: Accelerator) -> np.ndarray:
+    """The not-an-X-ray guard's per-stage statistics (N, S) of every sample once, gathered."""
+    backbone_model = accelerator.unwrap_model(model).eval()
+    chunks = []
+    for batch in tqdm(loader, desc="guard statistics", disable=not accelerator.is_local_main_process, leave=False):
+        with accelerator.autocast():
+            statistics = backbone_model.features_and_statistics(batch["pixel_values"])[1].float()
+        chunks.append(accelerator.gather_for_metrics(statistics).cpu())
+    return torch.cat(chunks).numpy()
+
+
+@torch.inference_mode()
 def extract_features(model, loader, accelerator: Accelerator, description: str = "features") -> np.ndarray:
     """Pooled backbone features (N, D) of every sample once, in loader order, gathered across processes."""
     backbone_model = accelerator.unwrap_model(model).eval()

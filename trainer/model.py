@@ -13,7 +13,7 @@ from huggingface_hub import PyTorchModelHubMixin, constants, try_to_load_from_ca
 from PIL import Image
 from torch import nn
 
-from .feature_guard import mahalanobis
+from .feature_guard import GUARD_STAGES, mahalanobis, stage_statistics
 from .preprocessing import eval_transform, load_image, preprocessing_config
 
 logger = logging.getLogger(__name__)
@@ -107,9 +107,9 @@ class PneumoniaClassifier(
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("decision_threshold", torch.tensor(0.5))
         # The not-an-X-ray guard (trainer/feature_guard.py), fitted after training; off (inf) until then.
-        features = self.backbone.num_features
-        self.register_buffer("guard_mean", torch.zeros(features))
-        self.register_buffer("guard_precision", torch.zeros(features, features))
+        statistics = 2 * sum(info["num_chs"] for info in self.backbone.feature_info[-GUARD_STAGES:])
+        self.register_buffer("guard_mean", torch.zeros(statistics))
+        self.register_buffer("guard_precision", torch.zeros(statistics, statistics))
         self.register_buffer("guard_threshold", torch.tensor(float("inf")))
 
     @classmethod
@@ -180,14 +180,19 @@ class PneumoniaClassifier(
         self.guard_precision.copy_(precision)
         self.guard_threshold.copy_(threshold)
 
+    def features_and_statistics(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features for the head and, from the same forward pass, the guard's statistics."""
+        final, stages = self.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
+        return self.backbone.forward_head(final), stage_statistics(stages)
+
     @torch.inference_mode()
     def analyse(self, image: Image.Image) -> tuple[dict[str, float], float, bool]:
-        """Return ({label: probability}, feature distance, whether the image looks like a chest X-ray)."""
+        """Return ({label: probability}, guard distance, whether the image looks like a chest X-ray)."""
         self.eval()
         device = next(self.parameters()).device
-        features = self.forward_features(self.transform(image).unsqueeze(0).to(device))
+        features, statistics = self.features_and_statistics(self.transform(image).unsqueeze(0).to(device))
         probabilities = self.probabilities(self.head(features))[0]
-        distance = float(mahalanobis(features.float(), self.guard_mean, self.guard_precision)[0])
+        distance = float(mahalanobis(statistics.float(), self.guard_mean, self.guard_precision)[0])
         looks_like_xray = distance <= float(self.guard_threshold)
         return {label: float(p) for label, p in zip(self.labels, probabilities)}, distance, looks_like_xray
 

@@ -24,8 +24,8 @@ from .checkpointing import StopOnSignal, TrainingInterrupted, TrainingProgress, 
 from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest
 from .evaluation import evaluate_on_test, plot_confusion_matrix, results_table, write_json
-from .feature_guard import fit_feature_guard
-from .features import CachedViews, cached_features, extract_features
+from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
+from .features import CachedViews, cached_features, extract_features, extract_guard_statistics
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform, train_transform
 from .push import push_run
@@ -219,26 +219,32 @@ def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, s
     progress.epoch_sums = {"losses": [], "correct": 0, "seen": 0}
 
 
-def best_model_features(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
-                        output_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Un-augmented train and validation features (cache hits when the cache is on: view 0)."""
+def validation_features(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
+                        output_dir: Path) -> np.ndarray:
+    """Pooled backbone features of the validation split (a cache hit when the cache is on)."""
     if config.cache_views:
-        return tuple(cached_features(model, splits[name], name, views, config, accelerator,
-                                     feature_cache_dir(config, output_dir))[0].numpy()
-                     for name, views in (("train", config.cache_views), ("validation", 1)))
-    model.to(accelerator.device)
-    return tuple(extract_features(model, accelerator.prepare(make_loader(
-        splits[name], eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
-        config.num_workers)), accelerator) for name in ("train", "validation"))
+        return cached_features(model, splits["validation"], "validation", 1, config, accelerator,
+                               feature_cache_dir(config, output_dir))[0].numpy()
+    return extract_features(model, accelerator.prepare(make_loader(
+        splits["validation"], eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
+        config.num_workers)), accelerator)
+
+
+def guard_statistics(config: TrainingConfig, accelerator: Accelerator, model, split) -> np.ndarray:
+    loader = make_loader(split, eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
+                         config.num_workers)
+    return extract_guard_statistics(model, accelerator.prepare(loader), accelerator)
 
 
 def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits: dict, output_dir: Path) -> dict:
     """Fit, on train/validation only, the not-an-X-ray guard, the temperature and the decision threshold;
     save them into best/ and return them."""
     best_dir = output_dir / "best"
-    model = PneumoniaClassifier.from_pretrained(best_dir).eval()
-    train_features, val_features = best_model_features(config, accelerator, model, splits, output_dir)
-    guard = fit_feature_guard(train_features, val_features)
+    model = PneumoniaClassifier.from_pretrained(best_dir).eval().to(accelerator.device)
+    val_features = validation_features(config, accelerator, model, splits, output_dir)
+    guard_train = splits["train"].shuffle(seed=config.seed).select(range(min(GUARD_FIT_IMAGES, len(splits["train"]))))
+    guard = fit_feature_guard(guard_statistics(config, accelerator, model, guard_train),
+                              guard_statistics(config, accelerator, model, splits["validation"]))
     with torch.inference_mode():
         val_logits = model.head(torch.from_numpy(val_features).to(accelerator.device)).float().cpu()
     val_labels = torch.tensor(splits["validation"]["label"])

@@ -48,8 +48,9 @@ class PneumoniaForImageClassification(PreTrainedModel):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("decision_threshold", torch.tensor(0.5))
         # The app's not-an-X-ray guard lives in the same weights; unused here.
-        self.register_buffer("guard_mean", torch.zeros(config.num_features))
-        self.register_buffer("guard_precision", torch.zeros(config.num_features, config.num_features))
+        statistics = 2 * sum(info["num_chs"] for info in self.backbone.feature_info[-4:])
+        self.register_buffer("guard_mean", torch.zeros(statistics))
+        self.register_buffer("guard_precision", torch.zeros(statistics, statistics))
         self.register_buffer("guard_threshold", torch.tensor(float("inf")))
         self.post_init()
 
