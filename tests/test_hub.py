@@ -19,7 +19,8 @@ from trainer.train import main
 
 MODEL_ID = f"{USER}/pneumonia-detector"
 EXPECTED_FILES = {"model.safetensors", "config.json", "modeling_pneumonia.py", "all_results.json",
-                  "confusion_matrix.png", "README.md", "splits.json", "training_history.json", "training_config.json"}
+                  "confusion_matrix.png", "roc_curve.png", "pr_curve.png", "reliability_diagram.png",
+                  "training_curves.png", "README.md", "splits.json", "training_history.json", "training_config.json"}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def test_model_card_passes_hub_metadata_checks_and_says_what_it_is(pushed):
     assert all(result.dataset_split == "test" for result in data.eval_results)
     text = card.text
     for phrase in ("Research demo, not for clinical use", "grouped by patient", "no ImageNet weights",
-                   "single hospital", "confusion_matrix.png", "trust_remote_code=True",
+                   "single hospital", "confusion_matrix.png", "roc_curve.png", "reliability_diagram.png",
+                   "chosen on the validation split only", "stratified bootstrap", "trust_remote_code=True",
                    "PneumoniaClassifier.from_pretrained", "doi:10.17632/rscbjbr9sj.2"):
         assert phrase in text, phrase
 

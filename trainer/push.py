@@ -15,7 +15,8 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from .model_card import build_model_card
 
 BEST_FILES = ["model.safetensors", "config.json", "modeling_pneumonia.py"]
-RUN_FILES = ["all_results.json", "confusion_matrix.png", "splits.json", "training_history.json", "training_config.json"]
+PLOTS = ["confusion_matrix.png", "roc_curve.png", "pr_curve.png", "reliability_diagram.png", "training_curves.png"]
+RUN_FILES = ["all_results.json", *PLOTS, "splits.json", "training_history.json", "training_config.json"]
 
 
 class PushError(RuntimeError):
