@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import gradio
 import pytest
@@ -42,7 +43,7 @@ def folder_digest(folder):
 def test_snapshot_download_lists_every_pushed_file(pushed):
     output_dir, commit = pushed
     local = snapshot_download(MODEL_ID, revision=commit.oid)
-    files = {str(p.relative_to(local)) for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
+    files = {str(p.relative_to(local)) for p in Path(local).rglob("*") if p.is_file()}
     assert EXPECTED_FILES <= files
     with open(f"{local}/model.safetensors", "rb") as pulled:
         assert pulled.read() == (output_dir / "best" / "model.safetensors").read_bytes()

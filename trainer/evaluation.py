@@ -11,11 +11,9 @@ from pathlib import Path
 
 import datasets
 import evaluate
-import matplotlib
 import numpy as np
 import torch
 from accelerate import Accelerator
-from sklearn.metrics import ConfusionMatrixDisplay
 from tqdm.auto import tqdm
 
 from .calibration import brier_score, expected_calibration_error
@@ -23,10 +21,7 @@ from .config import BUNDLED_SAMPLE
 from .data import load_chest_xray, make_loader
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform
-from .report import bootstrap_intervals, plot_precision_recall, plot_reliability, plot_roc
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from .report import bootstrap_intervals, plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "pneumonia_metrics.py"
 
@@ -53,15 +48,6 @@ def compute_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0
     """Screening metrics at a PNEUMONIA-probability threshold."""
     predictions = (scores >= threshold).astype(np.int64)
     return load_metric().compute(predictions=predictions, references=labels, scores=scores)
-
-
-def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
-    figure, axes = plt.subplots(figsize=(4.5, 4))
-    ConfusionMatrixDisplay(np.array(matrix), display_labels=labels).plot(ax=axes, cmap="Blues", colorbar=False)
-    axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def results_table(results: dict) -> str:

@@ -29,27 +29,26 @@ logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def extract_guard_statistics(model, loader, accelerator: Accelerator) -> np.ndarray:
-    """The not-an-X-ray guard's per-stage statistics (N, S) of every sample once, gathered."""
-    backbone_model = accelerator.unwrap_model(model).eval()
-    chunks = []
-    for batch in tqdm(loader, desc="guard statistics", disable=not accelerator.is_local_main_process, leave=False):
-        with accelerator.autocast():
-            statistics = backbone_model.features_and_statistics(batch["pixel_values"])[1].float()
-        chunks.append(accelerator.gather_for_metrics(statistics).cpu())
-    return torch.cat(chunks).numpy()
-
-
-@torch.inference_mode()
-def extract_features(model, loader, accelerator: Accelerator, description: str = "features") -> np.ndarray:
-    """Pooled backbone features (N, D) of every sample once, in loader order, gathered across processes."""
-    backbone_model = accelerator.unwrap_model(model).eval()
+def gather_outputs(compute, loader, accelerator: Accelerator, description: str) -> np.ndarray:
+    """`compute(pixel_values)` for every sample once, in loader order, gathered across processes."""
     chunks = []
     for batch in tqdm(loader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
         with accelerator.autocast():
-            features = backbone_model.forward_features(batch["pixel_values"]).float()
-        chunks.append(accelerator.gather_for_metrics(features).cpu())
+            outputs = compute(batch["pixel_values"]).float()
+        chunks.append(accelerator.gather_for_metrics(outputs).cpu())
     return torch.cat(chunks).numpy()
+
+
+def extract_features(model, loader, accelerator: Accelerator, description: str = "features") -> np.ndarray:
+    """Pooled backbone features (N, D) of every sample."""
+    return gather_outputs(accelerator.unwrap_model(model).eval().forward_features, loader, accelerator, description)
+
+
+def extract_guard_statistics(model, loader, accelerator: Accelerator) -> np.ndarray:
+    """The not-an-X-ray guard's per-stage statistics (N, S) of every sample."""
+    backbone_model = accelerator.unwrap_model(model).eval()
+    return gather_outputs(lambda pixels: backbone_model.features_and_statistics(pixels)[1], loader, accelerator,
+                          "guard statistics")
 
 
 def files_fingerprint(split: datasets.Dataset) -> list:

@@ -5,7 +5,15 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from sklearn.calibration import CalibrationDisplay
-from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay, accuracy_score, f1_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
+    accuracy_score,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -39,6 +47,13 @@ def save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+    figure, axes = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=labels).plot(ax=axes, cmap="Blues", colorbar=False)
+    axes.set_title(title)
+    save(figure, path)
 
 
 def plot_roc(labels, scores, threshold: float, path: Path) -> None:

@@ -23,13 +23,13 @@ from .calibration import choose_threshold, fit_temperature
 from .checkpointing import StopOnSignal, TrainingInterrupted, TrainingProgress, resolve_checkpoint
 from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest
-from .evaluation import evaluate_on_test, plot_confusion_matrix, results_table, write_json
+from .evaluation import evaluate_on_test, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, cached_features, extract_features, extract_guard_statistics
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform, train_transform
 from .push import push_run
-from .report import plot_training_curves
+from .report import plot_confusion_matrix, plot_training_curves
 
 logger = get_logger(__name__)
 
