@@ -1,7 +1,9 @@
-"""Inference speed: single-image latency (file bytes → probabilities) and batch throughput, per candidate path.
+"""Inference speed: single-image latency (file → probabilities) and batch throughput, per candidate path.
 
-Compares plain timm eager fp32 (torch.no_grad, contiguous) with the candidates, on real bundled X-rays,
-side by side in one run, and checks every candidate's probabilities against the eager ones.
+Compares plain timm eager fp32 (torch.no_grad, contiguous) with each candidate on real bundled X-rays,
+side by side in one run, and checks every candidate's probabilities against the eager ones. The last
+two rows are the whole path of the app and the CLI (`model.logits_and_guard_distances`: probabilities
+plus the not-an-X-ray guard's float64 distance), before and after `model.use_onnxruntime()`.
 
     python benchmarks/inference_speed.py --model outputs/best
 """
@@ -19,77 +21,110 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from trainer import PneumoniaClassifier  # noqa: E402
 from trainer.preprocessing import load_image  # noqa: E402
+from trainer.runtime import OnnxForward  # noqa: E402
 
 IMAGES = sorted((REPO_ROOT / "sample_data" / "chest_xray" / "test").glob("*/*.jpeg"))
 
 
-def eager(model, batch):
+def no_grad(forward):
+    def run(batch):
+        with torch.no_grad():
+            return forward(batch).softmax(-1)
+    return run
+
+
+def inference_mode(forward, memory_format=torch.contiguous_format):
+    def run(batch):
+        with torch.inference_mode():
+            return forward(batch.contiguous(memory_format=memory_format)).softmax(-1)
+    return run
+
+
+def load(model_dir: str) -> PneumoniaClassifier:
+    return PneumoniaClassifier.from_pretrained(model_dir).eval()
+
+
+def torchscript(model: PneumoniaClassifier):
     with torch.no_grad():
-        return model(batch).softmax(-1)
+        traced = torch.jit.trace(model, torch.zeros(1, *model.preprocessing["input_size"]))
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
-def inference_mode(model, batch):
-    with torch.inference_mode():
-        return model(batch).softmax(-1)
+def onnxruntime_forward(model_dir: str, allow_spinning: bool):
+    exported = OnnxForward(load(model_dir), allow_spinning)
+    return lambda batch: exported(batch)[0].softmax(-1)
 
 
-def channels_last(model, batch):
-    with torch.inference_mode():
-        return model(batch.contiguous(memory_format=torch.channels_last)).softmax(-1)
+def analyse(model: PneumoniaClassifier):
+    """What the app and the CLI run: calibrated probabilities and the guard's distances, one pass."""
+    def run(batch):
+        logits, _ = model.logits_and_guard_distances(batch)
+        return model.probabilities(logits * model.temperature)  # undo calibration to compare logits
+    return run
 
 
-def candidates(model):
-    last = PneumoniaClassifier.from_pretrained(MODEL).eval().to(memory_format=torch.channels_last)
-    compiled = torch.compile(PneumoniaClassifier.from_pretrained(MODEL).eval())
+def served(model_dir: str) -> PneumoniaClassifier:
+    model = load(model_dir)
+    assert model.use_onnxruntime(), "ONNX export failed"
+    return model
+
+
+def candidates(model_dir: str) -> dict:
+    """name → function(batch of pixel tensors) → probabilities; the first is the baseline."""
     return {
-        "eager fp32 (baseline)": (model, eager),
-        "inference_mode": (model, inference_mode),
-        "inference_mode + channels_last": (last, channels_last),
-        "torch.compile": (compiled, inference_mode),
+        "eager fp32, no_grad (baseline)": no_grad(load(model_dir)),
+        "inference_mode": inference_mode(load(model_dir)),
+        "inference_mode + channels_last": inference_mode(load(model_dir).to(memory_format=torch.channels_last),
+                                                         torch.channels_last),
+        "torch.compile": inference_mode(torch.compile(load(model_dir))),
+        "TorchScript freeze + optimize": no_grad(torchscript(load(model_dir))),
+        "ONNX Runtime, spinning threads": onnxruntime_forward(model_dir, allow_spinning=True),
+        "ONNX Runtime (adopted)": onnxruntime_forward(model_dir, allow_spinning=False),
+        "app path + guard, eager (before)": analyse(load(model_dir)),
+        "app path + guard, ONNX (adopted)": analyse(served(model_dir)),
     }
 
 
-def single_latencies(model, run, transform, repeats: int) -> list[float]:
+def single_latencies(run, transform, repeats: int) -> list[float]:
+    """Seconds from image file to probabilities: decode, preprocess, forward."""
     latencies = []
     for i in range(repeats):
         started = time.perf_counter()
-        run(model, transform(load_image(IMAGES[i % len(IMAGES)])).unsqueeze(0))
+        run(transform(load_image(IMAGES[i % len(IMAGES)])).unsqueeze(0))
         latencies.append(time.perf_counter() - started)
-    return latencies
+    return sorted(latencies)
 
 
-def throughput(model, run, batch: torch.Tensor, repeats: int) -> float:
+def throughput(run, batch: torch.Tensor, repeats: int) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
-        run(model, batch)
+        run(batch)
     return repeats * len(batch) / (time.perf_counter() - started)
 
 
 def main() -> None:
-    global MODEL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="outputs/best", help="Folder saved by the trainer.")
-    parser.add_argument("--repeats", type=int, default=60, help="Single-image predictions per candidate.")
+    parser.add_argument("--repeats", type=int, default=100, help="Single-image predictions per candidate.")
     parser.add_argument("--batch_size", type=int, default=32, help="Batch size for throughput.")
     args = parser.parse_args()
-    MODEL = args.model
 
-    model = PneumoniaClassifier.from_pretrained(MODEL).eval()
-    transform = model.transform
+    transform = load(args.model).transform
     batch = torch.stack([transform(load_image(p)) for p in IMAGES[: args.batch_size]])
-    reference = eager(model, batch)
+    reference = None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(IMAGES)} real X-rays")
-    print(f"{'path':<34}{'p50 ms':>8}{'p95 ms':>8}{'img/s':>8}{'speed-up':>10}{'max |Δp|':>10}")
-    base = None
-    for name, (candidate, run) in candidates(model).items():
+    print(f"{'path':<34}{'p50 ms':>8}{'p95 ms':>8}{'img/s':>8}{'single':>8}{'batch':>8}{'max |Δp|':>10}")
+    for name, run in candidates(args.model).items():
         for _ in range(3):  # warm-up (and compilation)
-            run(candidate, batch)
-        latencies = sorted(single_latencies(candidate, run, transform, args.repeats))
+            run(batch)
+        latencies = single_latencies(run, transform, args.repeats)
         p50, p95 = statistics.median(latencies), latencies[int(0.95 * (len(latencies) - 1))]
-        rate = throughput(candidate, run, batch, 5)
-        base = base or (p50, rate)
-        difference = (run(candidate, batch) - reference).abs().max().item()
-        print(f"{name:<34}{1000 * p50:>8.1f}{1000 * p95:>8.1f}{rate:>8.1f}{base[0] / p50:>9.2f}x{difference:>10.1e}")
+        rate = throughput(run, batch, 5)
+        probabilities = run(batch)
+        reference = reference or (p50, rate, probabilities)
+        difference = (probabilities - reference[2]).abs().max().item()
+        print(f"{name:<34}{1000 * p50:>8.1f}{1000 * p95:>8.1f}{rate:>8.1f}{reference[0] / p50:>7.2f}x"
+              f"{rate / reference[1]:>7.2f}x{difference:>10.1e}")
 
 
 if __name__ == "__main__":

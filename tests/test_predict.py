@@ -1,4 +1,4 @@
-"""Batch prediction CLI: every file gets a row, equal to the single-image predict; bad files are reported."""
+"""Batch prediction CLI (ONNX Runtime): every file gets a row equal to eager single-image analysis; bad files are reported."""
 
 import csv
 import subprocess
@@ -6,24 +6,31 @@ import sys
 
 import pytest
 
+from dataset_scripts.non_xray_images import non_xray_images
 from tests.conftest import REPO_ROOT, SAMPLE_DIR
 from trainer import PneumoniaClassifier
+from trainer.preprocessing import load_image
 
 
 def test_batch_predictions_match_predict_and_report_bad_files(trained_run, tmp_path):
     model_dir = trained_run[0] / "best"
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
+    photo = tmp_path / "astronaut.png"
+    non_xray_images()["skimage_astronaut"].save(photo)
     output = tmp_path / "preds.csv"
-    result = subprocess.run([sys.executable, "-m", "trainer.predict", str(SAMPLE_DIR / "test"), str(broken),
+    result = subprocess.run([sys.executable, "-m", "trainer.predict", str(SAMPLE_DIR / "test"), str(photo), str(broken),
                              "--model", str(model_dir), "--output", str(output), "--batch_size", "16",
                              "--num_workers", "2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(output.open()))
-    assert len(rows) == 102 and "1 unreadable" in result.stdout
+    assert len(rows) == 103 and "1 unreadable" in result.stdout
     assert rows[-1]["path"] == str(broken) and "not an image" in rows[-1]["error"] and rows[-1]["prediction"] == ""
-    model = PneumoniaClassifier.from_pretrained(model_dir)
-    for row in rows[:101:25]:
-        expected = model.predict(row["path"])
+    assert rows[-2]["path"] == str(photo) and rows[-2]["looks_like_chest_xray"] == "False"
+    model = PneumoniaClassifier.from_pretrained(model_dir)  # eager PyTorch: the reference
+    for row in rows[:101:25] + rows[-2:-1]:
+        expected, distance, looks_like_xray = model.analyse(load_image(row["path"]))
         assert float(row["PNEUMONIA"]) == pytest.approx(expected["PNEUMONIA"], abs=1e-5)
         assert row["prediction"] == ("PNEUMONIA" if expected["PNEUMONIA"] >= model.threshold else "NORMAL")
+        assert float(row["guard_distance"]) == pytest.approx(distance, abs=2e-3)
+        assert row["looks_like_chest_xray"] == str(looks_like_xray)

@@ -22,15 +22,17 @@ class ModelNotFound(RuntimeError):
 
 
 def load_model(model_id: str) -> PneumoniaClassifier:
-    """Load a trainer output folder or Hub repo once, or raise ModelNotFound with what to do."""
+    """Load a trainer output folder or Hub repo once, served by ONNX Runtime; or raise ModelNotFound with what to do."""
     try:
-        return PneumoniaClassifier.from_pretrained(model_id)
+        model = PneumoniaClassifier.from_pretrained(model_id)
     except Exception as error:  # a missing folder, an unknown repo and an offline Hub raise different types
         raise ModelNotFound(
             f"No model could be loaded from MODEL_ID={model_id!r} ({type(error).__name__}: {error}).\n"
             "Train one with `python -m trainer --output_dir outputs` (add --no_pretrained offline), "
             "or set MODEL_ID to a folder saved by the trainer or a Hub repo id such as NAME/REPO."
         ) from error
+    model.use_onnxruntime()  # probabilities and guard; Grad-CAM needs gradients, so it stays in PyTorch
+    return model
 
 
 def example_files(per_class: int = 2) -> list[str]:

@@ -24,7 +24,10 @@ def stage_statistics(stages: list[torch.Tensor]) -> torch.Tensor:
 
 
 def mahalanobis(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """Distance of each row of `features` (N, D) from the fitted distribution."""
+    """Distance of each row of `features` (N, D) from the fitted distribution, in float64.
+
+    The precision matrix is badly conditioned (near-constant statistics), so float32 loses the distance.
+    """
     centred = features.double() - mean.double()
     return torch.einsum("nd,de,ne->n", centred, precision.double(), centred).clamp_min(0).sqrt()
 
@@ -34,6 +37,6 @@ def fit_feature_guard(train_statistics: np.ndarray, val_statistics: np.ndarray,
     """Return {"mean", "precision", "threshold"} tensors from training and validation statistics."""
     estimate = LedoitWolf().fit(train_statistics)
     mean = torch.from_numpy(estimate.location_).float()
-    precision = torch.from_numpy(estimate.precision_).float()
+    precision = torch.from_numpy(estimate.precision_)  # float64, see mahalanobis
     distances = mahalanobis(torch.from_numpy(val_statistics), mean, precision).numpy()
     return {"mean": mean, "precision": precision, "threshold": torch.tensor(float(np.quantile(distances, quantile)))}

@@ -15,6 +15,7 @@ from torch import nn
 
 from .feature_guard import GUARD_STAGES, mahalanobis, stage_statistics
 from .preprocessing import eval_transform, load_image, preprocessing_config
+from .runtime import onnx_forward
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +104,15 @@ class PneumoniaClassifier(
         self.preprocessing = preprocessing or preprocessing_config(model_name)
         self.imagenet_weights = imagenet_weights
         self._transform = None
+        self._onnx_forward = None  # set by use_onnxruntime()
         # Chosen on validation after training (trainer/calibration.py); saved with the weights.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("decision_threshold", torch.tensor(0.5))
         # The not-an-X-ray guard (trainer/feature_guard.py), fitted after training; off (inf) until then.
         statistics = 2 * sum(info["num_chs"] for info in self.backbone.feature_info[-GUARD_STAGES:])
         self.register_buffer("guard_mean", torch.zeros(statistics))
-        self.register_buffer("guard_precision", torch.zeros(statistics, statistics))
+        # float64: the distance is a quadratic form of an ill-conditioned matrix (see mahalanobis)
+        self.register_buffer("guard_precision", torch.zeros(statistics, statistics, dtype=torch.float64))
         self.register_buffer("guard_threshold", torch.tensor(float("inf")))
 
     @classmethod
@@ -147,7 +150,19 @@ class PneumoniaClassifier(
         """Only the head ever trains; the frozen backbone stays in eval mode."""
         super().train(mode)
         self.backbone.eval()
+        if mode:
+            self._onnx_forward = None  # the exported copy would go stale as the head trains
         return self
+
+    def use_onnxruntime(self) -> bool:
+        """Run `analyse`, `predict` and `logits_and_guard_distances` through ONNX Runtime (about 2× faster on CPU).
+
+        Exports the current weights; returns False, keeping eager PyTorch, off the CPU or if export fails.
+        """
+        self.eval()
+        if next(self.parameters()).device.type == "cpu":
+            self._onnx_forward = onnx_forward(self)
+        return self._onnx_forward is not None
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.backbone(pixel_values)
@@ -185,14 +200,27 @@ class PneumoniaClassifier(
         final, stages = self.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
         return self.backbone.forward_head(final), stage_statistics(stages)
 
+    def guard_distances(self, statistics: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of each image's guard statistics from the training X-rays'."""
+        return mahalanobis(statistics.float().to(self.guard_mean.device), self.guard_mean, self.guard_precision)
+
+    @torch.inference_mode()
+    def logits_and_guard_distances(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode logits and guard distances, through ONNX Runtime after `use_onnxruntime()`."""
+        if self._onnx_forward is not None:
+            logits, statistics = self._onnx_forward(pixel_values)
+        else:
+            self.eval()
+            features, statistics = self.features_and_statistics(pixel_values.to(next(self.parameters()).device))
+            logits = self.head(features)
+        return logits, self.guard_distances(statistics)
+
     @torch.inference_mode()
     def analyse(self, image: Image.Image) -> tuple[dict[str, float], float, bool]:
         """Return ({label: probability}, guard distance, whether the image looks like a chest X-ray)."""
-        self.eval()
-        device = next(self.parameters()).device
-        features, statistics = self.features_and_statistics(self.transform(image).unsqueeze(0).to(device))
-        probabilities = self.probabilities(self.head(features))[0]
-        distance = float(mahalanobis(statistics.float(), self.guard_mean, self.guard_precision)[0])
+        logits, distances = self.logits_and_guard_distances(self.transform(image).unsqueeze(0))
+        probabilities = self.probabilities(logits)[0]
+        distance = float(distances[0])
         looks_like_xray = distance <= float(self.guard_threshold)
         return {label: float(p) for label, p in zip(self.labels, probabilities)}, distance, looks_like_xray
 

@@ -3,7 +3,9 @@
     python -m trainer.predict --model outputs/best PATHS... --output preds.csv
 
 PATHS are image files or folders (searched recursively for JPEG, PNG and DICOM files). A file that
-cannot be read gets its error in the CSV instead of stopping the run. Research demo, not for clinical use.
+cannot be read gets its error in the CSV instead of stopping the run; an image that does not look like a
+chest X-ray (the model's guard) is flagged in `looks_like_chest_xray`. Inference runs through ONNX
+Runtime (trainer/runtime.py) unless --eager. Research demo, not for clinical use.
 """
 
 import argparse
@@ -50,6 +52,13 @@ def collate(rows):
     return [row[0] for row in readable], pixels, [(row[0], row[2]) for row in rows if row[1] is None]
 
 
+def prediction_row(model: PneumoniaClassifier, path: Path, probabilities: dict, distance: float) -> dict:
+    looks_like_xray = distance <= float(model.guard_threshold)
+    decision = "PNEUMONIA" if probabilities["PNEUMONIA"] >= model.threshold else "NORMAL"
+    return {"path": str(path), "prediction": decision, **probabilities, "looks_like_chest_xray": looks_like_xray,
+            "guard_distance": round(distance, 3), "error": ""}
+
+
 @torch.inference_mode()
 def predict_files(model: PneumoniaClassifier, paths: list[Path], batch_size: int, num_workers: int) -> list[dict]:
     """One result per path, in order: probabilities and decision, or the reason it could not be read."""
@@ -59,10 +68,9 @@ def predict_files(model: PneumoniaClassifier, paths: list[Path], batch_size: int
                         collate_fn=collate)
     for indices, pixels, failures in tqdm(loader, desc="predict", unit="batch"):
         if pixels is not None:
-            for index, p in zip(indices, model.probabilities(model(pixels))):
-                probabilities = dict(zip(model.labels, p.tolist()))
-                decision = "PNEUMONIA" if probabilities["PNEUMONIA"] >= model.threshold else "NORMAL"
-                results[index] = {"path": str(paths[index]), "prediction": decision, **probabilities, "error": ""}
+            logits, distances = model.logits_and_guard_distances(pixels)
+            for index, p, distance in zip(indices, model.probabilities(logits), distances):
+                results[index] = prediction_row(model, paths[index], dict(zip(model.labels, p.tolist())), float(distance))
         for index, message in failures:
             results[index] = {"path": str(paths[index]), "prediction": "", "error": message}
     return results
@@ -75,12 +83,16 @@ def main(argv=None) -> None:
     parser.add_argument("--output", default="predictions.csv", help="CSV file to write.")
     parser.add_argument("--batch_size", type=int, default=32, help="Images per forward pass.")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes for decoding.")
+    parser.add_argument("--eager", action="store_true", help="Predict with eager PyTorch instead of ONNX Runtime.")
     args = parser.parse_args(argv)
 
     model = PneumoniaClassifier.from_pretrained(args.model)
+    if not args.eager:
+        model.use_onnxruntime()
     rows = predict_files(model, image_paths(args.paths), args.batch_size, args.num_workers)
     with open(args.output, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=["path", "prediction", *model.labels, "error"])
+        writer = csv.DictWriter(file, fieldnames=["path", "prediction", *model.labels, "looks_like_chest_xray",
+                                                  "guard_distance", "error"])
         writer.writeheader()
         writer.writerows(rows)
     failed = sum(bool(row["error"]) for row in rows)

@@ -50,7 +50,7 @@ class PneumoniaForImageClassification(PreTrainedModel):
         # The app's not-an-X-ray guard lives in the same weights; unused here.
         statistics = 2 * sum(info["num_chs"] for info in self.backbone.feature_info[-4:])
         self.register_buffer("guard_mean", torch.zeros(statistics))
-        self.register_buffer("guard_precision", torch.zeros(statistics, statistics))
+        self.register_buffer("guard_precision", torch.zeros(statistics, statistics, dtype=torch.float64))
         self.register_buffer("guard_threshold", torch.tensor(float("inf")))
         self.post_init()
 

@@ -1,0 +1,60 @@
+"""Fast CPU inference: the model's forward pass exported to ONNX and run by ONNX Runtime.
+
+`benchmarks/inference_speed.py` measured it against plain eager PyTorch on the 2-core CPU: about
+2× the single-image speed, logits within 1e-7. The export takes a few seconds, once per process,
+from the weights in memory, so it can never disagree with them. PyTorch still preprocesses, computes
+the guard's float64 distance and, in the app, Grad-CAM (which needs gradients).
+"""
+
+import logging
+
+import numpy as np
+import onnxruntime
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+INPUT, OUTPUTS = "pixel_values", ["logits", "guard_statistics"]
+
+
+class LogitsAndStatistics(nn.Module):
+    """What is exported: head logits and the not-an-X-ray guard's statistics from one backbone pass."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, statistics = self.model.features_and_statistics(pixel_values)
+        return self.model.head(features), statistics
+
+
+class OnnxForward:
+    """Callable like `LogitsAndStatistics`, on CPU tensors, backed by an ONNX Runtime session."""
+
+    def __init__(self, model: nn.Module, allow_spinning: bool = False):
+        exporting = LogitsAndStatistics(model).eval()
+        example = torch.zeros(2, *model.preprocessing["input_size"])
+        program = torch.onnx.export(exporting, (example,), input_names=[INPUT], output_names=OUTPUTS,
+                                    dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
+        options = onnxruntime.SessionOptions()
+        # Idle ORT threads would spin and starve the PyTorch preprocessing between runs (4.4 vs 0.6 ms measured).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        self.session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(), options,
+                                                    providers=["CPUExecutionProvider"])
+
+    def __call__(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = np.ascontiguousarray(pixel_values.detach().cpu().float().numpy())
+        logits, statistics = self.session.run(OUTPUTS, {INPUT: pixels})
+        return torch.from_numpy(logits), torch.from_numpy(statistics)
+
+
+def onnx_forward(model: nn.Module) -> OnnxForward | None:
+    """The exported forward pass, or None (eager PyTorch stays in use) when this backbone cannot be exported."""
+    try:
+        return OnnxForward(model)
+    except Exception as error:  # the exporter and the runtime raise many types for unsupported operators
+        logger.warning("ONNX Runtime export failed (%s: %s); predicting with eager PyTorch instead.",
+                       type(error).__name__, error)
+        return None
