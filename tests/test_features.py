@@ -7,13 +7,15 @@ import sys
 
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
 from trainer import PneumoniaClassifier
-from trainer.data import load_chest_xray
+from trainer.data import load_chest_xray, make_loader
 from trainer.evaluation import main as evaluate_main
-from trainer.features import CachedViews, cache_key
+from trainer.features import CachedViews, cache_key, extract_features
+from trainer.preprocessing import eval_transform
 from trainer.train import main
 
 QUICK = ["--no_pretrained", "--num_train_epochs", "1", "--num_workers", "0"]
@@ -52,6 +54,18 @@ def test_a_second_run_reuses_the_cache_without_extracting(tmp_path, monkeypatch)
 @pytest.fixture(scope="module")
 def train_split():
     return load_chest_xray(SAMPLE_DIR)["train"]
+
+
+def test_channels_last_extraction_gives_nchw_features_and_restores_the_layout(train_split):
+    torch.manual_seed(0)
+    model = PneumoniaClassifier.for_training("resnet18", False, 16, 0.0)
+    split = train_split.select(range(12))
+    loader = make_loader(split, eval_transform(model.preprocessing), 6, False, 0)
+    features = extract_features(model, loader, Accelerator(cpu=True))
+    with torch.no_grad():
+        expected = torch.cat([model.forward_features(batch["pixel_values"]) for batch in loader])
+    torch.testing.assert_close(torch.from_numpy(features), expected, atol=1e-4, rtol=1e-4)
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_cache_key_changes_with_backbone_preprocessing_data_and_views(train_split, sample_copy):
