@@ -5,6 +5,7 @@ Kaggle download) is ignored: validation comes from train/, stratified by label a
 patient, so no patient has images on both sides.
 """
 
+import io
 import logging
 import re
 from pathlib import Path
@@ -135,14 +136,23 @@ def split_manifest(splits: dict[str, datasets.Dataset], val_fraction: float, see
     }
 
 
+def open_lazily(image: dict) -> Image.Image:
+    """A `datasets` image cell ({"path", "bytes"}) opened with PIL: header read, pixels not yet decoded."""
+    return Image.open(io.BytesIO(image["bytes"]) if image["bytes"] else image["path"])
+
+
 def make_loader(dataset: datasets.Dataset, transform, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
-    """A DataLoader of {"pixel_values", "labels"} batches, decoding and transforming on the fly."""
+    """A DataLoader of {"pixel_values", "labels"} batches, decoding and transforming on the fly.
+
+    Images reach `transform` opened but not decoded, so its first step can decode large JPEGs at reduced scale.
+    """
     def apply(batch):
-        return {"pixel_values": [transform(image) for image in batch["image"]], "labels": batch["label"]}
+        return {"pixel_values": [transform(open_lazily(image)) for image in batch["image"]], "labels": batch["label"]}
 
     def collate(rows):
         return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
                 "labels": torch.tensor([r["labels"] for r in rows])}
 
-    return DataLoader(dataset.with_transform(apply), batch_size=batch_size, shuffle=shuffle,
+    undecoded = dataset.cast_column("image", datasets.Image(decode=False))
+    return DataLoader(undecoded.with_transform(apply), batch_size=batch_size, shuffle=shuffle,
                       num_workers=num_workers, collate_fn=collate)

@@ -53,7 +53,7 @@ def diagnose(model: PneumoniaClassifier, path: str | Path | None) -> tuple[dict 
 
     Raises InputImageError for unusable uploads; answers "not a chest X-ray" without a diagnosis.
     """
-    image = read_upload(path)
+    image = read_upload(path, model.input_size)
     probabilities, distance, looks_like_xray = model.analyse(image)
     if not looks_like_xray:
         return None, NOT_AN_XRAY.format(distance=distance, limit=float(model.guard_threshold)), None

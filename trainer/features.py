@@ -74,7 +74,8 @@ def cache_key(model, split: datasets.Dataset, views: int, rotation_degrees: floa
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    recipe = {"architecture": type(model.backbone).__name__, "preprocessing": model.preprocessing, "views": views,
+    recipe = {"architecture": type(model.backbone).__name__, "preprocessing": model.preprocessing,
+              "decoding": "JPEG draft to input size", "views": views,
               "rotation_degrees": rotation_degrees, "seed": seed, "files": files_fingerprint(split)}
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     return digest.hexdigest()[:16]

@@ -9,7 +9,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from .preprocessing import to_rgb
+from .preprocessing import draft, to_rgb
 
 MAX_PIXELS = 50_000_000  # about 7,000 x 7,000: above any radiograph, below a decompression bomb
 MIN_SIDE = 32
@@ -53,8 +53,8 @@ def dicom_to_image(path: Path) -> Image.Image:
     return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
 
 
-def bitmap_to_image(path: Path) -> Image.Image:
-    """Open a JPEG/PNG/..., refusing oversized images before decoding them."""
+def bitmap_to_image(path: Path, draft_size: tuple[int, int] | None) -> Image.Image:
+    """Open a JPEG/PNG/..., refusing oversized images before decoding them; large JPEGs drafted to `draft_size`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -62,7 +62,7 @@ def bitmap_to_image(path: Path) -> Image.Image:
                 if image.width * image.height > MAX_PIXELS:
                     raise InputImageError(f"This image is {image.width}x{image.height} pixels, too large to process "
                                           f"(limit {MAX_PIXELS:,} pixels). Please upload a smaller export.")
-                image.load()
+                draft(image, draft_size).load()
                 return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InputImageError(f"This image is too large to process ({error}).") from error
@@ -72,14 +72,17 @@ def bitmap_to_image(path: Path) -> Image.Image:
         raise InputImageError(f"This image file is damaged or incomplete ({error}).") from error
 
 
-def read_upload(path: str | Path | None) -> Image.Image:
-    """Return the upload as an RGB image, or raise InputImageError saying what is wrong."""
+def read_upload(path: str | Path | None, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Return the upload as an RGB image, or raise InputImageError saying what is wrong.
+
+    With `draft_size` (the model's input size), a larger JPEG is decoded at reduced scale, at least that size.
+    """
     if path is None or str(path) == "":
         raise InputImageError("No file was uploaded. Choose a chest X-ray image (JPEG, PNG or DICOM).")
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise InputImageError("The uploaded file is empty. Choose a chest X-ray image (JPEG, PNG or DICOM).")
-    image = dicom_to_image(path) if is_dicom(path) else bitmap_to_image(path)
+    image = dicom_to_image(path) if is_dicom(path) else bitmap_to_image(path, draft_size)
     if min(image.size) < MIN_SIDE:
         raise InputImageError(f"This image is only {image.width}x{image.height} pixels; "
                               f"a chest X-ray needs at least {MIN_SIDE} pixels a side.")

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from .feature_guard import GUARD_STAGES, mahalanobis, stage_statistics
-from .preprocessing import eval_transform, load_image, preprocessing_config
+from .preprocessing import eval_transform, input_size, load_image, preprocessing_config
 from .runtime import onnx_forward
 
 logger = logging.getLogger(__name__)
@@ -178,6 +178,11 @@ class PneumoniaClassifier(
         return self._transform
 
     @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the model's input; large JPEGs are decoded at reduced scale down to it."""
+        return input_size(self.preprocessing)
+
+    @property
     def threshold(self) -> float:
         """Decision threshold on P(PNEUMONIA)."""
         return float(self.decision_threshold)
@@ -227,5 +232,5 @@ class PneumoniaClassifier(
     def predict(self, image: str | Path | Image.Image) -> dict[str, float]:
         """Return `{label: probability}` for an image path or PIL image (any mode)."""
         if not isinstance(image, Image.Image):
-            image = load_image(image)
+            image = load_image(image, self.input_size)
         return self.analyse(image)[0]

@@ -33,15 +33,15 @@ def image_paths(inputs: list[str]) -> list[Path]:
 class ImageFiles(Dataset):
     """(index, pixel tensor or None, error message) for each path; decoding runs in DataLoader workers."""
 
-    def __init__(self, paths: list[Path], transform):
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths: list[Path], transform, input_size: tuple[int, int]):
+        self.paths, self.transform, self.input_size = paths, transform, input_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return index, self.transform(read_upload(self.paths[index])), ""
+            return index, self.transform(read_upload(self.paths[index], self.input_size)), ""
         except InputImageError as error:
             return index, None, str(error)
 
@@ -64,7 +64,7 @@ def predict_files(model: PneumoniaClassifier, paths: list[Path], batch_size: int
     """One result per path, in order: probabilities and decision, or the reason it could not be read."""
     model.eval()
     results = [None] * len(paths)
-    loader = DataLoader(ImageFiles(paths, model.transform), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(ImageFiles(paths, model.transform, model.input_size), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate)
     for indices, pixels, failures in tqdm(loader, desc="predict", unit="batch"):
         if pixels is not None:

@@ -4,8 +4,13 @@ Size, mean, std and interpolation come from the backbone's timm data config. Che
 resized whole to the square input ("squash") instead of timm's default resize-then-centre-crop:
 a centre crop cuts the lung edges off wide radiographs, and squashing makes the full-size Kaggle
 originals (1-3k px, wider than tall) and the 224x224 shared copy look alike to the model.
+
+JPEGs larger than the input are decoded at reduced scale (Pillow's draft mode: the smallest of 1/2,
+1/4, 1/8 that still covers the input size), about 7x faster for full-size X-rays
+(benchmarks/full_resolution.py); images already at input size decode exactly as before.
 """
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +63,32 @@ def scale_to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file as RGB; raise UnreadableImageError naming the file."""
+def input_size(preprocessing: dict) -> tuple[int, int]:
+    """(width, height) the model sees."""
+    _, height, width = preprocessing["input_size"]
+    return width, height
+
+
+def draft(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """Before decoding: make a JPEG decode at the smallest DCT scale still covering `size` (else a no-op)."""
+    if size is not None:
+        image.draft(image.mode, size)  # returns None, changing nothing, for other formats or loaded images
+    return image
+
+
+def decode_for_model(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """First preprocessing step: a lazily opened image is drafted to `size`, then any image becomes RGB."""
+    return to_rgb(draft(image, size))
+
+
+def load_image(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Open and decode an image file as RGB; raise UnreadableImageError naming the file.
+
+    With `draft_size`, a larger JPEG is decoded at reduced scale (see the module docstring).
+    """
     try:
         with Image.open(path) as image:
-            image.load()
+            draft(image, draft_size).load()
             return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UnreadableImageError(f"Cannot read image {path}: {error}. Replace or delete the file.") from error
@@ -71,10 +97,12 @@ def load_image(path: str | Path) -> Image.Image:
 def eval_transform(preprocessing: dict) -> transforms.Compose:
     """PIL image of any mode → normalised float tensor, exactly as the model saw in training."""
     timm_transform = timm.data.create_transform(**preprocessing, is_training=False)
-    return transforms.Compose([transforms.Lambda(to_rgb), *timm_transform.transforms])
+    decode = partial(decode_for_model, size=input_size(preprocessing))
+    return transforms.Compose([transforms.Lambda(decode), *timm_transform.transforms])
 
 
 def train_transform(preprocessing: dict, rotation_degrees: float) -> transforms.Compose:
     """The eval transform preceded by the mission's augmentation: horizontal flip, small rotation."""
     augmentation = [transforms.RandomHorizontalFlip(), transforms.RandomRotation(rotation_degrees)]
-    return transforms.Compose([transforms.Lambda(to_rgb), *augmentation, *eval_transform(preprocessing).transforms[1:]])
+    decode, *rest = eval_transform(preprocessing).transforms
+    return transforms.Compose([decode, *augmentation, *rest])
