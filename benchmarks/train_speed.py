@@ -1,7 +1,8 @@
 """Training speed: the naive path (backbone on every image, every epoch) vs the feature cache, side by side.
 
 Each configuration trains in its own process on the same data, epochs and seed; the script prints wall
-time, images through the backbone, peak RSS and test accuracy / ROC-AUC of both, and their ratios.
+time, images through the backbone, peak RSS and test accuracy / ROC-AUC of both, and their ratios, and a
+paired bootstrap interval of the ROC-AUC difference over the test images.
 
     python benchmarks/train_speed.py --data_dir ../shared/data/chest_xray_224 --train_subset 1000 --epochs 20
 """
@@ -15,6 +16,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,6 +70,24 @@ def measure(trainer_args: list[str]) -> dict:
     return {**result, "seconds": time.perf_counter() - started, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+def test_scores(output_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = sorted(json.loads((output_dir / "test_predictions.json").read_text()), key=lambda row: row["path"])
+    return np.array([row["label"] for row in rows]), np.array([row["pneumonia_probability"] for row in rows])
+
+
+def paired_auc_difference(naive_dir: Path, cached_dir: Path, resamples: int = 2000) -> list[float]:
+    """95% interval of ROC-AUC(cached) - ROC-AUC(naive), resampling test images (within each class) jointly."""
+    labels, naive = test_scores(naive_dir)
+    _, cached = test_scores(cached_dir)
+    rng = np.random.default_rng(0)
+    by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
+    differences = []
+    for _ in range(resamples):
+        index = np.concatenate([rng.choice(members, len(members)) for members in by_class])
+        differences.append(roc_auc_score(labels[index], cached[index]) - roc_auc_score(labels[index], naive[index]))
+    return np.percentile(differences, [2.5, 97.5]).tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "chest_xray_224",
@@ -91,8 +113,10 @@ def main() -> None:
                        ("test_roc_auc", "test ROC-AUC")):
         ratio = naive[key] / cached[key] if cached[key] else float("nan")
         print(f"{label:<22}{naive[key]:>12.4g}{cached[key]:>14.4g}{ratio:>9.2f}x")
+    low, high = paired_auc_difference(output / "naive", output / "cached")
     print(f"speed-up {naive['seconds'] / cached['seconds']:.2f}x; "
-          f"ROC-AUC difference {cached['test_roc_auc'] - naive['test_roc_auc']:+.4f}")
+          f"ROC-AUC difference {cached['test_roc_auc'] - naive['test_roc_auc']:+.4f} "
+          f"(paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}])")
 
 
 if __name__ == "__main__":
