@@ -21,6 +21,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from trainer.report import stratified_resamples  # noqa: E402
 
 
 def subset_folder(data_dir: Path, train_images: int, seed: int) -> Path:
@@ -40,18 +43,20 @@ def subset_folder(data_dir: Path, train_images: int, seed: int) -> Path:
 
 def worker(trainer_args: list[str]) -> None:
     """Run the trainer in this process, counting images through the backbone; print the results as JSON."""
-    sys.path.insert(0, str(REPO_ROOT))
     from trainer.model import PneumoniaClassifier
     from trainer.train import main
 
     counted = {"images": 0}
-    original = PneumoniaClassifier.forward_features
 
-    def counting_forward_features(self, pixel_values):
-        counted["images"] += len(pixel_values)
-        return original(self, pixel_values)
+    def counting(method):
+        def wrapper(self, pixel_values):
+            counted["images"] += len(pixel_values)
+            return method(self, pixel_values)
+        return wrapper
 
-    PneumoniaClassifier.forward_features = counting_forward_features
+    # Every backbone pass goes through one of these two: training/features, and the guard's statistics.
+    for name in ("forward_features", "features_and_statistics"):
+        setattr(PneumoniaClassifier, name, counting(getattr(PneumoniaClassifier, name)))
     results = main(trainer_args)
     print("RESULT " + json.dumps({"backbone_images": counted["images"], "test_accuracy": results["test_accuracy"],
                                   "test_roc_auc": results["test_roc_auc"]}))
@@ -79,12 +84,8 @@ def paired_auc_difference(naive_dir: Path, cached_dir: Path, resamples: int = 20
     """95% interval of ROC-AUC(cached) - ROC-AUC(naive), resampling test images (within each class) jointly."""
     labels, naive = test_scores(naive_dir)
     _, cached = test_scores(cached_dir)
-    rng = np.random.default_rng(0)
-    by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
-    differences = []
-    for _ in range(resamples):
-        index = np.concatenate([rng.choice(members, len(members)) for members in by_class])
-        differences.append(roc_auc_score(labels[index], cached[index]) - roc_auc_score(labels[index], naive[index]))
+    differences = [roc_auc_score(labels[index], cached[index]) - roc_auc_score(labels[index], naive[index])
+                   for index in stratified_resamples(labels, resamples, seed=0)]
     return np.percentile(differences, [2.5, 97.5]).tolist()
 
 

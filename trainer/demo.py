@@ -41,10 +41,9 @@ def example_files(per_class: int = 2) -> list[str]:
     return [str(p) for name in ("NORMAL", "PNEUMONIA") for p in sorted((test_dir / name).glob("*.jpeg"))[:per_class]]
 
 
-def decision_text(probabilities: dict[str, float], threshold: float) -> str:
-    pneumonia = probabilities["PNEUMONIA"]
-    verdict = "PNEUMONIA" if pneumonia >= threshold else "NORMAL"
-    return (f"**Model output: {verdict}** (P(PNEUMONIA) = {pneumonia:.3f}, decision threshold {threshold:.2f}). "
+def decision_text(model: PneumoniaClassifier, probabilities: dict[str, float]) -> str:
+    return (f"**Model output: {model.decide(probabilities)}** (P(PNEUMONIA) = {probabilities['PNEUMONIA']:.3f}, "
+            f"decision threshold {model.threshold:.2f}). "
             "Research demo, not for clinical use.")
 
 
@@ -59,4 +58,4 @@ def diagnose(model: PneumoniaClassifier, path: str | Path | None) -> tuple[dict 
         return None, NOT_AN_XRAY.format(distance=distance, limit=float(model.guard_threshold)), None
     predicted = max(range(len(model.labels)), key=lambda i: probabilities[model.labels[i]])
     heatmap = grad_cam_overlay(model, image, predicted)
-    return probabilities, decision_text(probabilities, model.threshold), heatmap
+    return probabilities, decision_text(model, probabilities), heatmap

@@ -56,11 +56,12 @@ def extract_features(model, loader, accelerator: Accelerator, description: str =
         return gather_outputs(unwrapped.forward_features, loader, accelerator, description)
 
 
-def extract_guard_statistics(model, loader, accelerator: Accelerator) -> np.ndarray:
-    """The not-an-X-ray guard's per-stage statistics (N, S) of every sample."""
+def extract_features_and_statistics(model, loader, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (N, D) and the not-an-X-ray guard's per-stage statistics (N, S), from one pass."""
     with channels_last(accelerator.unwrap_model(model).eval()) as unwrapped:
-        return gather_outputs(lambda pixels: unwrapped.features_and_statistics(pixels)[1], loader, accelerator,
-                              "guard statistics")
+        both = gather_outputs(lambda pixels: torch.cat(unwrapped.features_and_statistics(pixels), dim=1), loader,
+                              accelerator, "features and guard statistics")
+    return np.split(both, [unwrapped.backbone.num_features], axis=1)
 
 
 def files_fingerprint(split: datasets.Dataset) -> list:

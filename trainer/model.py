@@ -187,6 +187,14 @@ class PneumoniaClassifier(
         """Decision threshold on P(PNEUMONIA)."""
         return float(self.decision_threshold)
 
+    def decide(self, probabilities: dict[str, float]) -> str:
+        """The label at the decision threshold (not the argmax): PNEUMONIA when P(PNEUMONIA) >= threshold."""
+        return "PNEUMONIA" if probabilities["PNEUMONIA"] >= self.threshold else "NORMAL"
+
+    def looks_like_xray(self, distance: float) -> bool:
+        """Whether a guard distance is within the range of the validation X-rays."""
+        return distance <= float(self.guard_threshold)
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities: softmax(logits / temperature)."""
         return (logits.float() / self.temperature).softmax(dim=-1)
@@ -207,7 +215,7 @@ class PneumoniaClassifier(
 
     def guard_distances(self, statistics: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of each image's guard statistics from the training X-rays'."""
-        return mahalanobis(statistics.float().to(self.guard_mean.device), self.guard_mean, self.guard_precision)
+        return mahalanobis(statistics.to(self.guard_mean.device), self.guard_mean, self.guard_precision)
 
     @torch.inference_mode()
     def logits_and_guard_distances(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,8 +234,7 @@ class PneumoniaClassifier(
         logits, distances = self.logits_and_guard_distances(self.transform(image).unsqueeze(0))
         probabilities = self.probabilities(logits)[0]
         distance = float(distances[0])
-        looks_like_xray = distance <= float(self.guard_threshold)
-        return {label: float(p) for label, p in zip(self.labels, probabilities)}, distance, looks_like_xray
+        return {label: float(p) for label, p in zip(self.labels, probabilities)}, distance, self.looks_like_xray(distance)
 
     def predict(self, image: str | Path | Image.Image) -> dict[str, float]:
         """Return `{label: probability}` for an image path or PIL image (any mode)."""

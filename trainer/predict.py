@@ -53,10 +53,8 @@ def collate(rows):
 
 
 def prediction_row(model: PneumoniaClassifier, path: Path, probabilities: dict, distance: float) -> dict:
-    looks_like_xray = distance <= float(model.guard_threshold)
-    decision = "PNEUMONIA" if probabilities["PNEUMONIA"] >= model.threshold else "NORMAL"
-    return {"path": str(path), "prediction": decision, **probabilities, "looks_like_chest_xray": looks_like_xray,
-            "guard_distance": round(distance, 3), "error": ""}
+    return {"path": str(path), "prediction": model.decide(probabilities), **probabilities,
+            "looks_like_chest_xray": model.looks_like_xray(distance), "guard_distance": round(distance, 3), "error": ""}
 
 
 @torch.inference_mode()

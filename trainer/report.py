@@ -1,5 +1,6 @@
 """Uncertainty and plots for the test evaluation: bootstrap intervals, ROC, PR, reliability, training curves."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -27,14 +28,19 @@ BOOTSTRAP_METRICS = {
 }
 
 
-def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, resamples: int = 1000,
-                        seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile intervals from stratified resampling (each class resampled within itself, seeded)."""
+def stratified_resamples(labels: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Index arrays of bootstrap resamples, each class resampled within itself (seeded)."""
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
-    values = {name: [] for name in BOOTSTRAP_METRICS}
     for _ in range(resamples):
-        index = np.concatenate([rng.choice(members, len(members)) for members in by_class])
+        yield np.concatenate([rng.choice(members, len(members)) for members in by_class])
+
+
+def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, resamples: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile intervals from stratified resampling (see `stratified_resamples`)."""
+    values = {name: [] for name in BOOTSTRAP_METRICS}
+    for index in stratified_resamples(labels, resamples, seed):
         y, s = labels[index], scores[index]
         p = (s >= threshold).astype(int)
         for name, metric in BOOTSTRAP_METRICS.items():

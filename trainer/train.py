@@ -25,7 +25,7 @@ from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest
 from .evaluation import evaluate_on_test, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
-from .features import CachedViews, cached_features, extract_features, extract_guard_statistics
+from .features import CachedViews, cached_features, extract_features_and_statistics
 from .model import PneumoniaClassifier
 from .preprocessing import eval_transform, train_transform
 from .push import push_run
@@ -128,15 +128,18 @@ def is_better(val: dict, best: dict | None) -> bool:
     return best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"])
 
 
+def eval_loader(config: TrainingConfig, model, split) -> DataLoader:
+    return make_loader(split, eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
+                       config.num_workers)
+
+
 def image_loaders(config: TrainingConfig, model, splits: dict) -> tuple[DataLoader, DataLoader, None]:
     """Decode and transform images every epoch (`--cache_views 0`)."""
     augmentation = train_transform(model.preprocessing, config.rotation_degrees) if config.augment \
         else eval_transform(model.preprocessing)
     train_loader = make_loader(splits["train"], augmentation, config.per_device_train_batch_size, True,
                                config.num_workers)
-    val_loader = make_loader(splits["validation"], eval_transform(model.preprocessing),
-                             config.per_device_eval_batch_size, False, config.num_workers)
-    return train_loader, val_loader, None
+    return train_loader, eval_loader(config, model, splits["validation"]), None
 
 
 def feature_cache_dir(config: TrainingConfig, output_dir: Path) -> Path:
@@ -219,32 +222,17 @@ def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, s
     progress.epoch_sums = {"losses": [], "correct": 0, "seen": 0}
 
 
-def validation_features(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
-                        output_dir: Path) -> np.ndarray:
-    """Pooled backbone features of the validation split (a cache hit when the cache is on)."""
-    if config.cache_views:
-        return cached_features(model, splits["validation"], "validation", 1, config, accelerator,
-                               feature_cache_dir(config, output_dir))[0].numpy()
-    return extract_features(model, accelerator.prepare(make_loader(
-        splits["validation"], eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
-        config.num_workers)), accelerator)
-
-
-def guard_statistics(config: TrainingConfig, accelerator: Accelerator, model, split) -> np.ndarray:
-    loader = make_loader(split, eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
-                         config.num_workers)
-    return extract_guard_statistics(model, accelerator.prepare(loader), accelerator)
-
-
 def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits: dict, output_dir: Path) -> dict:
     """Fit, on train/validation only, the not-an-X-ray guard, the temperature and the decision threshold;
     save them into best/ and return them."""
     best_dir = output_dir / "best"
     model = PneumoniaClassifier.from_pretrained(best_dir).eval().to(accelerator.device)
-    val_features = validation_features(config, accelerator, model, splits, output_dir)
     guard_train = splits["train"].shuffle(seed=config.seed).select(range(min(GUARD_FIT_IMAGES, len(splits["train"]))))
-    guard = fit_feature_guard(guard_statistics(config, accelerator, model, guard_train),
-                              guard_statistics(config, accelerator, model, splits["validation"]))
+    _, train_statistics = extract_features_and_statistics(model, accelerator.prepare(
+        eval_loader(config, model, guard_train)), accelerator)
+    val_features, val_statistics = extract_features_and_statistics(model, accelerator.prepare(
+        eval_loader(config, model, splits["validation"])), accelerator)
+    guard = fit_feature_guard(train_statistics, val_statistics)
     with torch.inference_mode():
         val_logits = model.head(torch.from_numpy(val_features).to(accelerator.device)).float().cpu()
     val_labels = torch.tensor(splits["validation"]["label"])
