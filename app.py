@@ -37,7 +37,7 @@ with gr.Blocks(title="Pneumonia Detector") as demo:
         with gr.Column():
             probabilities = gr.Label(num_top_classes=2, label="Probabilities")
             decision = gr.Markdown()
-            heatmap = gr.Image(label="Grad-CAM: evidence for the predicted class", type="pil", format="png",
+            heatmap = gr.Image(label="Grad-CAM: evidence for the decision", type="pil", format="png",
                                elem_id="gradcam")
     submit.click(predict, upload, [probabilities, decision, heatmap], api_name="predict", concurrency_limit=4)
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -45,6 +46,23 @@ def test_predictions_equal_the_package_predict(client, model):
         assert f"Model output: {verdict}" in decision and "not for clinical use" in decision
         with Image.open(heatmap) as overlay:
             assert overlay.size == (224, 224) and overlay.mode == "RGB"
+
+
+def test_heatmap_explains_the_decision_at_the_threshold_not_the_argmax(trained_run):
+    from trainer.demo import diagnose
+    from trainer.explain import grad_cam_overlay
+    from trainer.inputs import read_upload
+
+    model = PneumoniaClassifier.from_pretrained(trained_run[0] / "best")
+    path = max(sample_images("test", "PNEUMONIA", 10), key=lambda p: model.predict(p)["PNEUMONIA"])
+    pneumonia = model.predict(path)["PNEUMONIA"]
+    assert pneumonia > 0.5  # the argmax is PNEUMONIA ...
+    model.set_operating_point(float(model.temperature), (pneumonia + 1) / 2)  # ... but the decision is NORMAL
+    _, decision, heatmap = diagnose(model, path)
+    image = read_upload(path, model.input_size)
+    assert "Model output: NORMAL" in decision
+    assert np.array_equal(np.asarray(heatmap), np.asarray(grad_cam_overlay(model, image, 0)))
+    assert not np.array_equal(np.asarray(heatmap), np.asarray(grad_cam_overlay(model, image, 1)))
 
 
 @pytest.mark.parametrize("variant", ["mono2_8bit", "mono2_16bit", "mono1_8bit", "mono1_12bit", "mono2_12bit_window"])

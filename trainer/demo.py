@@ -56,6 +56,6 @@ def diagnose(model: PneumoniaClassifier, path: str | Path | None) -> tuple[dict 
     probabilities, distance, looks_like_xray = model.analyse(image)
     if not looks_like_xray:
         return None, NOT_AN_XRAY.format(distance=distance, limit=float(model.guard_threshold)), None
-    predicted = max(range(len(model.labels)), key=lambda i: probabilities[model.labels[i]])
-    heatmap = grad_cam_overlay(model, image, predicted)
+    # Explain the decision shown (made at the model's threshold), which can differ from the argmax.
+    heatmap = grad_cam_overlay(model, image, model.labels.index(model.decide(probabilities)))
     return probabilities, decision_text(model, probabilities), heatmap
