@@ -80,6 +80,12 @@ def test_scores(output_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([row["label"] for row in rows]), np.array([row["pneumonia_probability"] for row in rows])
 
 
+def first_lr_cut(output_dir: Path) -> int | None:
+    """The first epoch whose learning rate is below the first epoch's (ReduceLROnPlateau fired), or None."""
+    history = json.loads((output_dir / "training_history.json").read_text())["history"]
+    return next((row["epoch"] for row in history if row["lr"] < history[0]["lr"]), None)
+
+
 def paired_auc_difference(naive_dir: Path, cached_dir: Path, resamples: int = 2000) -> list[float]:
     """95% interval of ROC-AUC(cached) - ROC-AUC(naive), resampling test images (within each class) jointly."""
     labels, naive = test_scores(naive_dir)
@@ -118,6 +124,8 @@ def main() -> None:
     print(f"speed-up {naive['seconds'] / cached['seconds']:.2f}x; "
           f"ROC-AUC difference {cached['test_roc_auc'] - naive['test_roc_auc']:+.4f} "
           f"(paired bootstrap 95% interval [{low:+.4f}, {high:+.4f}])")
+    print(f"first learning-rate cut: epoch {first_lr_cut(output / 'naive')} (naive), "
+          f"epoch {first_lr_cut(output / 'cached')} (cached)")
 
 
 if __name__ == "__main__":
