@@ -14,6 +14,9 @@ from dataset_scripts.non_xray_images import non_xray_images
 from tests.app_inputs import bad_uploads, dicom_variants
 from tests.conftest import REPO_ROOT, sample_images
 from trainer import PneumoniaClassifier
+from trainer.demo import diagnose
+from trainer.explain import grad_cam_overlay
+from trainer.inputs import read_upload
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +52,7 @@ def test_predictions_equal_the_package_predict(client, model):
 
 
 def test_heatmap_explains_the_decision_at_the_threshold_not_the_argmax(trained_run):
-    from trainer.demo import diagnose
-    from trainer.explain import grad_cam_overlay
-    from trainer.inputs import read_upload
-
-    model = PneumoniaClassifier.from_pretrained(trained_run[0] / "best")
+    model = PneumoniaClassifier.from_pretrained(trained_run[0] / "best")  # own copy: its threshold is changed
     path = max(sample_images("test", "PNEUMONIA", 10), key=lambda p: model.predict(p)["PNEUMONIA"])
     pneumonia = model.predict(path)["PNEUMONIA"]
     assert pneumonia > 0.5  # the argmax is PNEUMONIA ...

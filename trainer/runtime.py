@@ -2,9 +2,9 @@
 
 `benchmarks/inference_speed.py` measured it against plain eager PyTorch on a 2-core CPU: the forward
 pass about 2× faster, 1.56× per image from file to probabilities and 1.8× per batch, probabilities
-within 1e-7. The export takes a few seconds, once per process,
-from the weights in memory, so it can never disagree with them. PyTorch still preprocesses, computes
-the guard's float64 distance and, in the app, Grad-CAM (which needs gradients).
+within 1e-7. The export takes a few seconds, once per process, from the weights in memory, so it can
+never disagree with them. PyTorch still preprocesses, computes the guard's float64 distance and, in
+the app, Grad-CAM (which needs gradients).
 """
 
 import logging
