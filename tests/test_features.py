@@ -58,12 +58,14 @@ def train_split():
 
 def test_channels_last_extraction_gives_nchw_features_and_restores_the_layout(train_split):
     torch.manual_seed(0)
-    model = PneumoniaClassifier.for_training("resnet18", False, 16, 0.0)
+    accelerator = Accelerator()  # the CPU here; the GPU under benchmarks/gpu_check.sh
+    model = PneumoniaClassifier.for_training("resnet18", False, 16, 0.0).to(accelerator.device)
     split = train_split.select(range(12))
     loader = make_loader(split, eval_transform(model.preprocessing), 6, False, 0)
-    features = extract_features(model, loader, Accelerator(cpu=True))
+    features = extract_features(model, accelerator.prepare(loader), accelerator)
     with torch.no_grad():
-        expected = torch.cat([model.forward_features(batch["pixel_values"]) for batch in loader])
+        expected = torch.cat([model.forward_features(batch["pixel_values"].to(accelerator.device)).cpu()
+                              for batch in loader])
     torch.testing.assert_close(torch.from_numpy(features), expected, atol=1e-4, rtol=1e-4)
     assert all(p.is_contiguous() for p in model.parameters())
 

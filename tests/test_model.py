@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 from tests.conftest import sample_images
 from trainer import PneumoniaClassifier
 from trainer.config import TrainingConfig
 from trainer.preprocessing import load_image, train_transform
-from trainer.train import build_optimizer, build_scheduler, class_weighted_loss
+from trainer.train import build_optimizer, build_scheduler, class_weighted_loss, is_better, validate
 
 
 @pytest.fixture
@@ -68,14 +69,31 @@ def test_class_weights_are_inverse_training_frequencies():
     assert torch.allclose(weights, torch.tensor([100 / (2 * 25), 100 / (2 * 75)]))
 
 
-def test_scheduler_lowers_lr_only_when_validation_accuracy_stalls(model):
-    optimizer = build_optimizer(model, TrainingConfig(learning_rate=1.0))
-    scheduler = build_scheduler(optimizer, TrainingConfig(lr_patience=0, lr_factor=0.5))
-    learning_rates = []
-    for accuracy in [0.60, 0.70, 0.80, 0.80, 0.75]:
-        scheduler.step(accuracy)
-        learning_rates.append(optimizer.param_groups[0]["lr"])
-    assert learning_rates == [1.0, 1.0, 1.0, 0.5, 0.25]  # rising accuracy keeps the lr (mode="max")
+def test_scheduler_lowers_lr_only_when_the_validation_metric_stalls(model):
+    for metric, scores in (("loss", [0.60, 0.50, 0.40, 0.40, 0.45]), ("accuracy", [0.60, 0.70, 0.80, 0.80, 0.75])):
+        optimizer = build_optimizer(model, TrainingConfig(learning_rate=1.0))
+        scheduler = build_scheduler(optimizer, TrainingConfig(metric_for_best_model=metric, lr_patience=0, lr_factor=0.5))
+        learning_rates = []
+        for score in scores:
+            scheduler.step(score)
+            learning_rates.append(optimizer.param_groups[0]["lr"])
+        assert learning_rates == [1.0, 1.0, 1.0, 0.5, 0.25], metric  # falling loss / rising accuracy keep the lr
+
+
+def test_a_head_that_calls_everything_pneumonia_is_not_the_best_epoch(model):
+    """On a 74%-PNEUMONIA validation split a constant PNEUMONIA head scores 0.74 accuracy but only 0.5 balanced
+    accuracy: plain accuracy would keep it over a head that has learnt something; loss and balanced accuracy do not."""
+    with torch.no_grad():
+        model.head[-1].bias.copy_(torch.tensor([-100.0, 100.0]))
+    labels = torch.tensor([0] * 26 + [1] * 74)
+    batches = [{"features": torch.randn(100, model.backbone.num_features), "labels": labels}]
+    constant_head = validate(model, batches, class_weighted_loss(labels.tolist()), Accelerator())
+    assert constant_head["accuracy"] == pytest.approx(0.74) and constant_head["balanced_accuracy"] == pytest.approx(0.5)
+    learning_head = {"accuracy": 0.70, "balanced_accuracy": 0.72, "loss": 0.5}
+    assert constant_head["loss"] > 10  # confidently wrong on every NORMAL image
+    assert is_better(learning_head, constant_head, "loss")
+    assert is_better(learning_head, constant_head, "balanced_accuracy")
+    assert not is_better(learning_head, constant_head, "accuracy")
 
 
 def test_pretrained_loading_fails_fast_and_names_the_fix(monkeypatch):

@@ -23,7 +23,8 @@ class TrainingConfig:
     output_dir: str = option("outputs", "Where splits.json, best/, all_results.json and plots are written.")
     # Model
     model_name: str = option("resnet18", "timm backbone architecture.")
-    pretrained: bool = option(True, "Start from ImageNet weights (downloaded from the Hub on first use).",
+    pretrained: bool = option(True, "Start from ImageNet weights (downloaded from the Hub on first use); "
+                              "--no_pretrained starts from random weights, offline.",
                               flag="--no_pretrained")
     head_hidden_dim: int = option(256, "Width of the head's hidden layer.")
     dropout: float = option(0.5, "Dropout before the head's output layer.")
@@ -33,7 +34,12 @@ class TrainingConfig:
     per_device_eval_batch_size: int = option(64, "Evaluation batch size per process.")
     learning_rate: float = option(1e-3, "Adam learning rate for the head.")
     weight_decay: float = option(0.0, "Adam weight decay.")
-    lr_patience: int = option(2, "ReduceLROnPlateau: epochs without a better validation accuracy before the lr drops.")
+    metric_for_best_model: str = option(
+        "loss", "Validation metric that ReduceLROnPlateau follows and that picks the best epoch: loss (the "
+        "class-weighted cross-entropy; smooth), balanced_accuracy or accuracy (both jump by several points "
+        "from epoch to epoch early on, which can cut the lr while the loss is still falling).",
+        choices=["loss", "balanced_accuracy", "accuracy"])
+    lr_patience: int = option(2, "ReduceLROnPlateau: epochs without a better validation metric before the lr drops.")
     lr_factor: float = option(0.1, "ReduceLROnPlateau: factor the learning rate is multiplied by.")
     rotation_degrees: float = option(10.0, "Random rotation range (+/- degrees) for training augmentation.")
     augment: bool = option(True, "Augment training images (flip, rotation); --no_augment turns it off.",

@@ -196,8 +196,8 @@ class PneumoniaClassifier(
         return distance <= float(self.guard_threshold)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities: softmax(logits / temperature)."""
-        return (logits.float() / self.temperature).softmax(dim=-1)
+        """Calibrated class probabilities: softmax(logits / temperature), on the logits' device."""
+        return (logits.float() / self.temperature.to(logits.device)).softmax(dim=-1)
 
     def set_operating_point(self, temperature: float, threshold: float) -> None:
         self.temperature.fill_(temperature)

@@ -96,6 +96,7 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     loss_axes.set(title="Loss", xlabel="epoch", ylabel="weighted cross-entropy")
     accuracy_axes.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
     accuracy_axes.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
+    accuracy_axes.plot(epochs, [h["val_balanced_accuracy"] for h in history], "o--", label="validation, balanced")
     accuracy_axes.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
     lr_axes.plot(epochs, [h["lr"] for h in history], "o-", color="tab:green", label="learning rate")
     lr_axes.set(title="Learning rate", xlabel="epoch", ylabel="lr", yscale="log")

@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -46,9 +46,10 @@ def build_optimizer(model: PneumoniaClassifier, config: TrainingConfig) -> torch
 
 
 def build_scheduler(optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Lower the lr when validation accuracy stops rising. Stepped by hand once per epoch with that
-    accuracy (accelerate's scheduler wrapper would step it once per process)."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_factor,
+    """Lower the lr when the validation metric (`--metric_for_best_model`) stops improving. Stepped by hand once
+    per epoch with that metric (accelerate's scheduler wrapper would step it once per process)."""
+    mode = "min" if config.metric_for_best_model == "loss" else "max"
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=config.lr_factor,
                                                       patience=config.lr_patience)
 
 
@@ -111,7 +112,7 @@ def epoch_batches(loader, progress: TrainingProgress):
 
 @torch.inference_mode()
 def validate(model, loader, criterion, accelerator: Accelerator) -> dict[str, float]:
-    """Validation loss (same class-weighted criterion) and accuracy, every sample counted once."""
+    """Validation loss (same class-weighted criterion), accuracy and balanced accuracy, every sample counted once."""
     model.eval()
     all_logits, all_labels = [], []
     for batch in loader:
@@ -119,13 +120,16 @@ def validate(model, loader, criterion, accelerator: Accelerator) -> dict[str, fl
         all_logits.append(logits)
         all_labels.append(labels)
     logits, labels = torch.cat(all_logits), torch.cat(all_labels)
-    return {"loss": criterion(logits, labels).item(),
-            "accuracy": accuracy_score(labels.cpu().numpy(), logits.argmax(dim=-1).cpu().numpy())}
+    labels_np, predictions = labels.cpu().numpy(), logits.argmax(dim=-1).cpu().numpy()
+    return {"loss": criterion(logits, labels).item(), "accuracy": accuracy_score(labels_np, predictions),
+            "balanced_accuracy": balanced_accuracy_score(labels_np, predictions)}
 
 
-def is_better(val: dict, best: dict | None) -> bool:
-    """Best by validation accuracy; ties go to the lower validation loss."""
-    return best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"])
+def is_better(val: dict, best: dict | None, metric: str) -> bool:
+    """Best by the validation `metric` (lowest loss, or highest accuracy); ties go to the lower validation loss."""
+    def rank(scores: dict) -> tuple[float, float]:
+        return (-scores[metric] if metric == "loss" else scores[metric], -scores["loss"])
+    return best is None or rank(val) > rank(best)
 
 
 def eval_loader(config: TrainingConfig, model, split) -> DataLoader:
@@ -207,13 +211,15 @@ def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, s
     sums = progress.epoch_sums
     record = {"epoch": progress.epoch + 1, "train_loss": float(np.mean(sums["losses"])),
               "train_accuracy": sums["correct"] / sums["seen"], "val_loss": val["loss"],
-              "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
-    scheduler.step(val["accuracy"])
+              "val_accuracy": val["accuracy"], "val_balanced_accuracy": val["balanced_accuracy"],
+              "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
+    scheduler.step(val[config.metric_for_best_model])
     progress.history.append(record)
     accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-    logger.info("epoch %d: train_loss %.4f  val_loss %.4f  val_accuracy %.4f  lr %.2e  (%.0fs)", record["epoch"],
-                record["train_loss"], val["loss"], val["accuracy"], record["lr"], seconds)
-    if is_better(val, progress.best):
+    logger.info("epoch %d: train_loss %.4f  val_loss %.4f  val_accuracy %.4f  val_balanced_accuracy %.4f  lr %.2e  "
+                "(%.0fs)", record["epoch"], record["train_loss"], val["loss"], val["accuracy"],
+                val["balanced_accuracy"], record["lr"], seconds)
+    if is_better(val, progress.best, config.metric_for_best_model):
         progress.best = {**val, "epoch": record["epoch"]}
         if accelerator.is_main_process:
             accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
@@ -290,7 +296,9 @@ def main(argv=None) -> dict:
     # Evaluate the best model on the untouched test set
     results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], Path(config.data_dir) / "test",
                                output_dir, config.per_device_eval_batch_size, config.num_workers)
-    results |= {"best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"], "best_val_loss": best["loss"],
+    results |= {"best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"],
+                "best_val_balanced_accuracy": best["balanced_accuracy"], "best_val_loss": best["loss"],
+                "metric_for_best_model": config.metric_for_best_model,
                 "imagenet_weights": config.pretrained, "model_name": config.model_name,
                 "num_train_epochs": config.num_train_epochs, "train_samples": len(train_split),
                 "validation_samples": len(val_split), "train_runtime_seconds": time.perf_counter() - started,
