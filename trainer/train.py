@@ -45,10 +45,15 @@ def build_optimizer(model: PneumoniaClassifier, config: TrainingConfig) -> torch
     return torch.optim.Adam(model.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
+def greater_is_better(metric: str) -> bool:
+    """Accuracies rise as the head improves; the loss falls."""
+    return metric != "loss"
+
+
 def build_scheduler(optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
     """Lower the lr when the validation metric (`--metric_for_best_model`) stops improving. Stepped by hand once
     per epoch with that metric (accelerate's scheduler wrapper would step it once per process)."""
-    mode = "min" if config.metric_for_best_model == "loss" else "max"
+    mode = "max" if greater_is_better(config.metric_for_best_model) else "min"
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=config.lr_factor,
                                                       patience=config.lr_patience)
 
@@ -128,7 +133,7 @@ def validate(model, loader, criterion, accelerator: Accelerator) -> dict[str, fl
 def is_better(val: dict, best: dict | None, metric: str) -> bool:
     """Best by the validation `metric` (lowest loss, or highest accuracy); ties go to the lower validation loss."""
     def rank(scores: dict) -> tuple[float, float]:
-        return (-scores[metric] if metric == "loss" else scores[metric], -scores["loss"])
+        return (scores[metric] if greater_is_better(metric) else -scores[metric], -scores["loss"])
     return best is None or rank(val) > rank(best)
 
 
