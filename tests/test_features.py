@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
 from trainer import PneumoniaClassifier
 from trainer.data import load_chest_xray, make_loader
-from trainer.evaluation import main as evaluate_main
 from trainer.features import CachedViews, cache_key, extract_features
 from trainer.preprocessing import eval_transform
 from trainer.train import main
@@ -25,7 +24,18 @@ def head_weights(output_dir):
     return {k: v for k, v in load_file(output_dir / "best" / "model.safetensors").items() if k.startswith("head.")}
 
 
-def test_cached_and_uncached_paths_train_the_same_head(tmp_path):
+@pytest.fixture
+def full_fp32_convolutions():
+    """On a GPU, cuDNN convolutions default to TF32 (a 10-bit mantissa), and the cached channels_last extraction and
+    the uncached NCHW forward run different kernels: on an H100 the two heads then differed by 1e-4. Compare the
+    paths in full fp32 (a no-op on a CPU)."""
+    conv = torch.backends.cudnn.conv
+    before, conv.fp32_precision = conv.fp32_precision, "ieee"
+    yield
+    conv.fp32_precision = before
+
+
+def test_cached_and_uncached_paths_train_the_same_head(tmp_path, full_fp32_convolutions):
     main([*QUICK, "--cache_views", "1", "--output_dir", str(tmp_path / "cached")])
     main([*QUICK, "--cache_views", "0", "--no_augment", "--output_dir", str(tmp_path / "uncached")])
     cached, uncached = head_weights(tmp_path / "cached"), head_weights(tmp_path / "uncached")
@@ -51,6 +61,24 @@ def test_a_second_run_reuses_the_cache_without_extracting(tmp_path, monkeypatch)
     assert head_weights(tmp_path / "first").keys() == head_weights(tmp_path / "second").keys()
 
 
+def test_every_cached_view_is_an_augmented_draw_and_no_augment_caches_one_view(tmp_path):
+    """K views are K draws of the uncached path's augmentation: an un-augmented view among them would train the
+    head on a different mix of images than --cache_views 0 does. --no_augment caches one un-augmented view."""
+    cache = tmp_path / "cache"
+    main([*QUICK, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "augmented")])
+    main([*QUICK, "--cache_views", "2", "--no_augment", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "plain")])
+    train_caches = {len(features): features for features in
+                    (load_file(path)["features"] for path in cache.glob("train-*.safetensors"))}
+    assert sorted(train_caches) == [1, 2]
+    plain, augmented = train_caches[1][0], train_caches[2]
+    for view in augmented:
+        # Not every draw changes the pixels: an unflipped rotation under ~0.2 degrees is a no-op at 224 px
+        # (nearest-neighbour), about 1% of draws, in the uncached path too.
+        unchanged = torch.isclose(view, plain, atol=1e-5).all(dim=1).float().mean()
+        assert unchanged < 0.05, f"{unchanged:.0%} of the images have an un-augmented view"
+    assert not torch.allclose(augmented[0], augmented[1])
+
+
 @pytest.fixture(scope="module")
 def train_split():
     return load_chest_xray(SAMPLE_DIR)["train"]
@@ -73,21 +101,23 @@ def test_channels_last_extraction_gives_nchw_features_and_restores_the_layout(tr
 def test_cache_key_changes_with_backbone_preprocessing_data_and_views(train_split, sample_copy):
     torch.manual_seed(0)
     model = PneumoniaClassifier.for_training("resnet18", False, 16, 0.0)
-    key = cache_key(model, train_split, 3, 10.0, 42)
-    assert cache_key(model, train_split, 3, 10.0, 42) == key
-    assert cache_key(model, train_split, 2, 10.0, 42) != key
-    assert cache_key(model, train_split, 3, 5.0, 42) != key
-    assert cache_key(model, train_split.select(range(100)), 3, 10.0, 42) != key
+    key = cache_key(model, train_split, 3, True, 10.0, 42)
+    assert cache_key(model, train_split, 3, True, 10.0, 42) == key
+    assert cache_key(model, train_split, 2, True, 10.0, 42) != key
+    assert cache_key(model, train_split, 3, True, 5.0, 42) != key
+    assert cache_key(model, train_split, 3, False, 10.0, 42) != key
+    assert cache_key(model, train_split.select(range(100)), 3, True, 10.0, 42) != key
     model.preprocessing = {**model.preprocessing, "interpolation": "bilinear"}
-    changed_preprocessing = cache_key(model, train_split, 3, 10.0, 42)
+    changed_preprocessing = cache_key(model, train_split, 3, True, 10.0, 42)
     assert changed_preprocessing != key
     with torch.no_grad():
         model.backbone.conv1.weight[0, 0, 0, 0] += 1.0
-    assert cache_key(model, train_split, 3, 10.0, 42) != changed_preprocessing
+    assert cache_key(model, train_split, 3, True, 10.0, 42) != changed_preprocessing
     copied = load_chest_xray(sample_copy)["train"]
     first = next((sample_copy / "train" / "NORMAL").iterdir())
     os.utime(first, (1, 1))  # same names and sizes, but a file changed since
-    assert cache_key(model, copied, 3, 10.0, 42) != cache_key(model, load_chest_xray(SAMPLE_DIR)["train"], 3, 10.0, 42)
+    original = load_chest_xray(SAMPLE_DIR)["train"]
+    assert cache_key(model, copied, 3, True, 10.0, 42) != cache_key(model, original, 3, True, 10.0, 42)
 
 
 def test_each_epoch_sees_one_view_per_image_reproducibly():
@@ -104,18 +134,24 @@ def test_each_epoch_sees_one_view_per_image_reproducibly():
 
 
 def test_two_process_cached_run_evaluates_every_test_image_once(tmp_path):
-    """A real two-process gloo run (ACCELERATE_USE_CPU + --multi_gpu starts two processes on a CPU box)."""
+    """A real two-process gloo run (ACCELERATE_USE_CPU + --multi_gpu starts two processes on a CPU box), checked
+    against a single-process evaluation. Both run on the CPU with any GPU hidden: on a one-GPU machine rank 1
+    would otherwise look for a second GPU, and the two evaluations would differ by the GPU's kernels."""
+    cpu_only = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=600, env=cpu_only)
+        assert result.returncode == 0, result.stderr[-3000:]
+
     output_dir = tmp_path / "ddp"
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "trainer",
-         *FAST_TRAINING, "--num_train_epochs", "1", "--cache_views", "2", "--output_dir", str(output_dir)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    run("accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "trainer", *FAST_TRAINING,
+        "--num_train_epochs", "1", "--cache_views", "2", "--output_dir", str(output_dir))
     distributed = json.loads((output_dir / "all_results.json").read_text())
     assert distributed["test_samples"] == 101 and sum(map(sum, distributed["test_confusion_matrix"])) == 101
-    single = evaluate_main(["--model", str(output_dir / "best"), "--output_dir", str(tmp_path / "single"),
-                            "--num_workers", "0"])
+    run("trainer.evaluation", "--model", str(output_dir / "best"), "--output_dir", str(tmp_path / "single"),
+        "--num_workers", "0")
+    single = json.loads((tmp_path / "single" / "eval_results.json").read_text())
     assert single["test_confusion_matrix"] == distributed["test_confusion_matrix"]
     for key in ("test_accuracy", "test_roc_auc", "test_sensitivity", "test_specificity"):
         assert single[key] == pytest.approx(distributed[key], abs=1e-6), key

@@ -47,9 +47,9 @@ class TrainingConfig:
     threshold_strategy: str = option("youden", "Decision threshold, chosen on validation: youden, sensitivity:T "
                                      "(most specific threshold reaching validation sensitivity T) or fixed:V.")
     # Speed
-    cache_views: int = option(3, "Feature cache: compute backbone features once, for K views of each training "
-                              "image (view 0 un-augmented, so K=1 means no augmentation); 0 decodes and runs the "
-                              "backbone on every image in every epoch.")
+    cache_views: int = option(3, "Feature cache: compute backbone features once, for K augmented views of each "
+                              "training image (K=1: one un-augmented view); 0 decodes and runs the backbone on "
+                              "every image in every epoch.")
     cache_dir: str | None = option(None, "Where cached features live (default: OUTPUT_DIR/feature_cache); "
                                    "a run with the same data, backbone and recipe reuses them.")
     # Runtime

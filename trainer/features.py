@@ -1,10 +1,11 @@
 """Backbone features computed once and reused: the frozen backbone is a fixed function of its input.
 
-Validation images get one (un-augmented) feature vector, training images `cache_views` of them:
-view 0 un-augmented, views 1.. augmented. Each epoch the head trains on one view per image. The
-cache is keyed by a hash of the backbone weights, the preprocessing, the augmentation, the seed,
-K and the exact files (name, size, mtime), so any change recomputes it; a later run with the same
-key loads it from disk and skips extraction.
+Validation images get one un-augmented feature vector; training images get `cache_views` augmented
+views, drawn like the uncached path's augmentation, or one un-augmented view when K is 1 or
+augmentation is off. Each epoch the head trains on one view per image. The cache is keyed by a hash
+of the backbone weights, the preprocessing, the augmentation, the seed, K and the exact files (name,
+size, mtime), so any change recomputes it; a later run with the same key loads it from disk and skips
+extraction.
 """
 
 import hashlib
@@ -70,31 +71,33 @@ def files_fingerprint(split: datasets.Dataset) -> list:
     return [(os.path.basename(p), os.stat(p).st_size, int(os.stat(p).st_mtime)) for p in paths]
 
 
-def cache_key(model, split: datasets.Dataset, views: int, rotation_degrees: float, seed: int) -> str:
+def cache_key(model, split: datasets.Dataset, views: int, augment: bool, rotation_degrees: float, seed: int) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    augmentation = {"horizontal_flip": 0.5, "rotation_degrees": rotation_degrees} if augment else None
     recipe = {"architecture": type(model.backbone).__name__, "preprocessing": model.preprocessing,
-              "decoding": "JPEG draft to input size", "views": views,
-              "rotation_degrees": rotation_degrees, "seed": seed, "files": files_fingerprint(split)}
+              "decoding": "JPEG draft to input size", "views": views, "augmentation": augmentation,
+              "seed": seed, "files": files_fingerprint(split)}
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
-def cached_features(model, split: datasets.Dataset, name: str, views: int, config, accelerator: Accelerator,
-                    cache_dir: Path) -> torch.Tensor:
+def cached_features(model, split: datasets.Dataset, name: str, views: int, augment: bool, config,
+                    accelerator: Accelerator, cache_dir: Path) -> torch.Tensor:
     """(views, N, D) features of `split`, from `cache_dir` when present, else extracted and saved there."""
-    path = cache_dir / f"{name}-{cache_key(model, split, views, config.rotation_degrees, config.seed)}.safetensors"
+    key = cache_key(model, split, views, augment, config.rotation_degrees, config.seed)
+    path = cache_dir / f"{name}-{key}.safetensors"
     if path.is_file():
         logger.info("feature cache hit: %s", path)
         return load_file(path)["features"]
     model.to(accelerator.device)
+    transform = (train_transform(model.preprocessing, config.rotation_degrees) if augment
+                 else eval_transform(model.preprocessing))
     stacked = []
     for view in range(views):
         set_seed(config.seed + view)  # view k gets the same augmentation in every run
-        transform = (eval_transform(model.preprocessing) if view == 0
-                     else train_transform(model.preprocessing, config.rotation_degrees))
         loader = accelerator.prepare(make_loader(split, transform, config.per_device_eval_batch_size, False,
                                                  config.num_workers))
         stacked.append(torch.from_numpy(extract_features(model, loader, accelerator, f"{name} view {view}")))

@@ -159,9 +159,11 @@ def feature_loaders(config: TrainingConfig, accelerator: Accelerator, model, spl
                     output_dir: Path) -> tuple[DataLoader, DataLoader, CachedViews]:
     """Backbone features computed once (`--cache_views K`), one view per image per epoch."""
     cache_dir = feature_cache_dir(config, output_dir)
-    train_set = CachedViews(cached_features(model, splits["train"], "train", config.cache_views, config,
-                                            accelerator, cache_dir), splits["train"]["label"], config.seed)
-    val_set = CachedViews(cached_features(model, splits["validation"], "validation", 1, config, accelerator,
+    augment = config.augment and config.cache_views > 1  # K=1: one un-augmented view
+    train_set = CachedViews(cached_features(model, splits["train"], "train", config.cache_views if augment else 1,
+                                            augment, config, accelerator, cache_dir),
+                            splits["train"]["label"], config.seed)
+    val_set = CachedViews(cached_features(model, splits["validation"], "validation", 1, False, config, accelerator,
                                           cache_dir), splits["validation"]["label"], config.seed)
     return (DataLoader(train_set, batch_size=config.per_device_train_batch_size, shuffle=True),
             DataLoader(val_set, batch_size=config.per_device_eval_batch_size), train_set)
