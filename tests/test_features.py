@@ -14,7 +14,7 @@ from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
 from trainer import PneumoniaClassifier
 from trainer.data import load_chest_xray, make_loader
 from trainer.features import CachedViews, cache_key, extract_features
-from trainer.preprocessing import eval_transform
+from trainer.preprocessing import eval_transform, train_transform
 from trainer.train import main
 
 QUICK = ["--no_pretrained", "--num_train_epochs", "1", "--num_workers", "0"]
@@ -98,26 +98,28 @@ def test_channels_last_extraction_gives_nchw_features_and_restores_the_layout(tr
     assert all(p.is_contiguous() for p in model.parameters())
 
 
-def test_cache_key_changes_with_backbone_preprocessing_data_and_views(train_split, sample_copy):
+def test_cache_key_changes_with_backbone_preprocessing_augmentation_data_and_views(train_split, sample_copy):
     torch.manual_seed(0)
     model = PneumoniaClassifier.for_training("resnet18", False, 16, 0.0)
-    key = cache_key(model, train_split, 3, True, 10.0, 42)
-    assert cache_key(model, train_split, 3, True, 10.0, 42) == key
-    assert cache_key(model, train_split, 2, True, 10.0, 42) != key
-    assert cache_key(model, train_split, 3, True, 5.0, 42) != key
-    assert cache_key(model, train_split, 3, False, 10.0, 42) != key
-    assert cache_key(model, train_split.select(range(100)), 3, True, 10.0, 42) != key
+    augmented = train_transform(model.preprocessing, 10.0)
+    key = cache_key(model, train_split, 3, augmented, 42)
+    assert cache_key(model, train_split, 3, train_transform(model.preprocessing, 10.0), 42) == key
+    assert cache_key(model, train_split, 2, augmented, 42) != key
+    assert cache_key(model, train_split, 3, train_transform(model.preprocessing, 5.0), 42) != key
+    assert cache_key(model, train_split, 3, eval_transform(model.preprocessing), 42) != key
+    assert cache_key(model, train_split, 3, augmented, 43) != key
+    assert cache_key(model, train_split.select(range(100)), 3, augmented, 42) != key
     model.preprocessing = {**model.preprocessing, "interpolation": "bilinear"}
-    changed_preprocessing = cache_key(model, train_split, 3, True, 10.0, 42)
+    changed_preprocessing = cache_key(model, train_split, 3, augmented, 42)
     assert changed_preprocessing != key
     with torch.no_grad():
         model.backbone.conv1.weight[0, 0, 0, 0] += 1.0
-    assert cache_key(model, train_split, 3, True, 10.0, 42) != changed_preprocessing
+    assert cache_key(model, train_split, 3, augmented, 42) != changed_preprocessing
     copied = load_chest_xray(sample_copy)["train"]
     first = next((sample_copy / "train" / "NORMAL").iterdir())
     os.utime(first, (1, 1))  # same names and sizes, but a file changed since
     original = load_chest_xray(SAMPLE_DIR)["train"]
-    assert cache_key(model, copied, 3, True, 10.0, 42) != cache_key(model, original, 3, True, 10.0, 42)
+    assert cache_key(model, copied, 3, augmented, 42) != cache_key(model, original, 3, augmented, 42)
 
 
 def test_each_epoch_sees_one_view_per_image_reproducibly():

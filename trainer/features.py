@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .data import make_loader
-from .preprocessing import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -71,30 +70,26 @@ def files_fingerprint(split: datasets.Dataset) -> list:
     return [(os.path.basename(p), os.stat(p).st_size, int(os.stat(p).st_mtime)) for p in paths]
 
 
-def cache_key(model, split: datasets.Dataset, views: int, augment: bool, rotation_degrees: float, seed: int) -> str:
+def cache_key(model, split: datasets.Dataset, views: int, transform, seed: int) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    augmentation = {"horizontal_flip": 0.5, "rotation_degrees": rotation_degrees} if augment else None
     recipe = {"architecture": type(model.backbone).__name__, "preprocessing": model.preprocessing,
-              "decoding": "JPEG draft to input size", "views": views, "augmentation": augmentation,
+              "decoding": "JPEG draft to input size", "transform": repr(transform), "views": views,
               "seed": seed, "files": files_fingerprint(split)}
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
-def cached_features(model, split: datasets.Dataset, name: str, views: int, augment: bool, config,
+def cached_features(model, split: datasets.Dataset, name: str, views: int, transform, config,
                     accelerator: Accelerator, cache_dir: Path) -> torch.Tensor:
-    """(views, N, D) features of `split`, from `cache_dir` when present, else extracted and saved there."""
-    key = cache_key(model, split, views, augment, config.rotation_degrees, config.seed)
-    path = cache_dir / f"{name}-{key}.safetensors"
+    """(views, N, D) features of `split` under `transform`, from `cache_dir` when present, else extracted and saved."""
+    path = cache_dir / f"{name}-{cache_key(model, split, views, transform, config.seed)}.safetensors"
     if path.is_file():
         logger.info("feature cache hit: %s", path)
         return load_file(path)["features"]
     model.to(accelerator.device)
-    transform = (train_transform(model.preprocessing, config.rotation_degrees) if augment
-                 else eval_transform(model.preprocessing))
     stacked = []
     for view in range(views):
         set_seed(config.seed + view)  # view k gets the same augmentation in every run

@@ -142,12 +142,16 @@ def eval_loader(config: TrainingConfig, model, split) -> DataLoader:
                        config.num_workers)
 
 
+def training_transform(config: TrainingConfig, model, augment: bool):
+    """The training images' transform: the mission's augmentation (flip, rotation) or none."""
+    return (train_transform(model.preprocessing, config.rotation_degrees) if augment
+            else eval_transform(model.preprocessing))
+
+
 def image_loaders(config: TrainingConfig, model, splits: dict) -> tuple[DataLoader, DataLoader, None]:
     """Decode and transform images every epoch (`--cache_views 0`)."""
-    augmentation = train_transform(model.preprocessing, config.rotation_degrees) if config.augment \
-        else eval_transform(model.preprocessing)
-    train_loader = make_loader(splits["train"], augmentation, config.per_device_train_batch_size, True,
-                               config.num_workers)
+    train_loader = make_loader(splits["train"], training_transform(config, model, config.augment),
+                               config.per_device_train_batch_size, True, config.num_workers)
     return train_loader, eval_loader(config, model, splits["validation"]), None
 
 
@@ -160,11 +164,12 @@ def feature_loaders(config: TrainingConfig, accelerator: Accelerator, model, spl
     """Backbone features computed once (`--cache_views K`), one view per image per epoch."""
     cache_dir = feature_cache_dir(config, output_dir)
     augment = config.augment and config.cache_views > 1  # K=1: one un-augmented view
-    train_set = CachedViews(cached_features(model, splits["train"], "train", config.cache_views if augment else 1,
-                                            augment, config, accelerator, cache_dir),
-                            splits["train"]["label"], config.seed)
-    val_set = CachedViews(cached_features(model, splits["validation"], "validation", 1, False, config, accelerator,
-                                          cache_dir), splits["validation"]["label"], config.seed)
+    train_features = cached_features(model, splits["train"], "train", config.cache_views if augment else 1,
+                                     training_transform(config, model, augment), config, accelerator, cache_dir)
+    val_features = cached_features(model, splits["validation"], "validation", 1, eval_transform(model.preprocessing),
+                                   config, accelerator, cache_dir)
+    train_set = CachedViews(train_features, splits["train"]["label"], config.seed)
+    val_set = CachedViews(val_features, splits["validation"]["label"], config.seed)
     return (DataLoader(train_set, batch_size=config.per_device_train_batch_size, shuffle=True),
             DataLoader(val_set, batch_size=config.per_device_eval_batch_size), train_set)
 
