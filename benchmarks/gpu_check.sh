@@ -23,13 +23,13 @@ if step tests; then
   # The cache-equivalence and two-process tests alone first (-x --tb=short: a time limit can't swallow the
   # traceback), then the rest of the feature, model and runtime tests.
   features=tests/test_features.py
-  for name in test_cached_and_uncached_paths_train_the_same_head test_two_process_cached_run_evaluates_every_test_image_once; do
+  alone=(test_cached_and_uncached_paths_train_the_same_head test_two_process_cached_run_evaluates_every_test_image_once)
+  for name in "${alone[@]}"; do
     timeout "$(left 100)" python3 -m pytest -x -q --tb=short -p no:cacheprovider "$features::$name" 2>&1 \
       | tee "$OUT/pytest_$name.log" | tail -40
   done
-  timeout "$(left 120)" python3 -m pytest -q --tb=short -p no:cacheprovider "$features" tests/test_model.py tests/test_runtime.py \
-    --deselect "$features::test_cached_and_uncached_paths_train_the_same_head" \
-    --deselect "$features::test_two_process_cached_run_evaluates_every_test_image_once" 2>&1 \
+  timeout "$(left 120)" python3 -m pytest -q --tb=short -p no:cacheprovider "$features" tests/test_model.py \
+    tests/test_runtime.py "${alone[@]/#/--deselect=$features::}" 2>&1 \
     | tee "$OUT/pytest_rest.log" | tail -40
 fi
 
