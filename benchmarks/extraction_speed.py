@@ -21,10 +21,10 @@ from accelerate.state import AcceleratorState
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from serving.preprocessing import eval_transform  # noqa: E402
 from trainer import PneumoniaClassifier  # noqa: E402
 from trainer.data import load_chest_xray, make_loader  # noqa: E402
 from trainer.features import extract_features  # noqa: E402
-from trainer.preprocessing import eval_transform  # noqa: E402
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 

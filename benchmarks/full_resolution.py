@@ -30,7 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from dataset_scripts.resize_dataset import resize_image  # noqa: E402
-from trainer.preprocessing import eval_transform, load_image, preprocessing_config  # noqa: E402
+from serving.images import read_image as load_image  # noqa: E402
+from serving.preprocessing import eval_transform, preprocessing_config  # noqa: E402
 
 SOURCES = [REPO_ROOT.parent / "shared" / "data" / "chest_xray_224" / "train", REPO_ROOT / "sample_data" / "chest_xray" / "train"]
 # Image decodes of a full-data run: train 4,695 + validation 521 (carved from train/'s 5,216) and test 624.

@@ -2,8 +2,9 @@
 
 Compares plain timm eager fp32 (torch.no_grad, contiguous) with each candidate on real bundled X-rays,
 side by side in one run, and checks every candidate's probabilities against the eager ones. The last
-two rows are the whole path of the app and the CLI (`model.logits_and_guard_distances`: probabilities
-plus the not-an-X-ray guard's float64 distance), before and after `model.use_onnxruntime()`.
+two rows are the whole path of the app and the CLI (`model.predictor`: one forward pass for the logits,
+the guard's statistics and the heatmap's feature map, plus the guard's float64 distance), before and after
+`model.use_onnxruntime()`.
 
     python benchmarks/inference_speed.py --model outputs/best
 """
@@ -19,9 +20,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from serving.images import read_image as load_image  # noqa: E402
+from serving.runtime import OnnxForward  # noqa: E402
 from trainer import PneumoniaClassifier  # noqa: E402
-from trainer.preprocessing import load_image  # noqa: E402
-from trainer.runtime import OnnxForward  # noqa: E402
 
 IMAGES = sorted((REPO_ROOT / "sample_data" / "chest_xray" / "test").glob("*/*.jpeg"))
 
@@ -56,8 +57,13 @@ def onnxruntime_forward(model_dir: str, allow_spinning: bool):
 
 
 def analyse(model: PneumoniaClassifier):
-    """What the app and the CLI run: logits and the guard's distances, one pass (uncalibrated softmax, to compare)."""
-    return lambda batch: model.logits_and_guard_distances(batch)[0].softmax(-1)
+    """What the app and the CLI run: one serving forward pass and the guard's distances (uncalibrated softmax,
+    to compare)."""
+    def run(batch):
+        logits, statistics, _ = model.predictor.forward(batch)
+        model.predictor.guard_distances(statistics)
+        return logits.softmax(-1)
+    return run
 
 
 def served(model_dir: str) -> PneumoniaClassifier:

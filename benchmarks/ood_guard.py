@@ -13,7 +13,6 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from dataset_scripts.non_xray_images import non_xray_images  # noqa: E402
 from trainer import PneumoniaClassifier  # noqa: E402
-from trainer.inputs import read_upload  # noqa: E402
 
 
 def main() -> None:
@@ -25,9 +24,9 @@ def main() -> None:
     model = PneumoniaClassifier.from_pretrained(args.model)
 
     xrays = sorted((args.data_dir / "test").glob("*/*.jpeg"))
-    refused_xrays = [p.name for p in xrays if not model.analyse(read_upload(p))[2]]
-    others = {name: model.analyse(image)[1:] for name, image in non_xray_images().items()}
-    missed = {name: round(distance, 1) for name, (distance, looks_like_xray) in others.items() if looks_like_xray}
+    refused_xrays = [p.name for p in xrays if not model.analyse(p).looks_like_xray]
+    others = {name: model.analyse(image) for name, image in non_xray_images().items()}
+    missed = {name: round(answer.guard_distance, 1) for name, answer in others.items() if answer.looks_like_xray}
 
     print(f"guard threshold (Mahalanobis distance): {float(model.guard_threshold):.2f}")
     print(f"test X-rays refused: {len(refused_xrays)}/{len(xrays)} = {len(refused_xrays) / len(xrays):.2%} (target <= 1%)")

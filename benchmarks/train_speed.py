@@ -43,7 +43,7 @@ def subset_folder(data_dir: Path, train_images: int, seed: int) -> Path:
 
 def worker(trainer_args: list[str]) -> None:
     """Run the trainer in this process, counting images through the backbone; print the results as JSON."""
-    from trainer.model import PneumoniaClassifier
+    from serving.model import PneumoniaClassifier
     from trainer.train import main
 
     counted = {"images": 0}

@@ -15,8 +15,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from serving.images import InputImageError
+from serving.preprocessing import draft, to_rgb
 from trainer.data import CLASS_NAMES, SPLIT_FOLDERS, check_layout, image_files
-from trainer.preprocessing import UnreadableImageError, draft, to_rgb
 
 
 def resize_image(source: Path, destination: Path, size: int) -> None:
@@ -26,7 +27,7 @@ def resize_image(source: Path, destination: Path, size: int) -> None:
             kept = image if image.mode in ("L", "RGB") else to_rgb(image)  # JPEG holds 8-bit grey or RGB
             resized = kept.resize((size, size), Image.BICUBIC)
     except OSError as error:
-        raise UnreadableImageError(f"Cannot read image {source}: {error}") from error
+        raise InputImageError(f"Cannot read image {source}: {error}") from error
     resized.save(destination.with_suffix(".jpeg"), quality=95)
 
 
@@ -40,7 +41,7 @@ def resize_folder(source: Path, destination: Path, size: int) -> list[str]:
             for path in tqdm(image_files(source / split / class_name), desc=f"{split}/{class_name}"):
                 try:
                     resize_image(path, destination / split / class_name / path.name, size)
-                except UnreadableImageError as error:
+                except InputImageError as error:
                     unreadable.append(str(error))
     return unreadable
 

@@ -67,7 +67,7 @@ def bad_uploads(folder: Path) -> dict[str, tuple[Path | None, str]]:
     (folder / "truncated.jpeg").write_bytes(real[: len(real) // 3])
     Image.new("L", (10, 10), 128).save(folder / "tiny.png")
     return {
-        "no upload": (None, "No file was uploaded"),
+        "no upload": (None, "No file was given"),
         "zero-byte file": (folder / "empty.png", "empty"),
         "text renamed .png": (folder / "text.png", "not an image"),
         "PDF renamed .png": (folder / "document.png", "not an image"),

@@ -1,7 +1,10 @@
 """Shared fixtures. Nothing here reaches the network: Hub traffic goes to a server on loopback."""
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 
 
@@ -18,6 +21,9 @@ os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="pneumonia-tests-hf-home-")
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# The tests' Hub is on loopback, so a user's HF_HUB_OFFLINE=1 (which the README recommends offline) must not
+# switch the client off here; tests of offline behaviour set it in their own subprocesses.
+os.environ["HF_HUB_OFFLINE"] = "0"
 
 import shutil  # noqa: E402
 import threading  # noqa: E402
@@ -34,6 +40,20 @@ SAMPLE_DIR = REPO_ROOT / "sample_data" / "chest_xray"
 
 def sample_images(split: str, class_name: str, count: int) -> list[Path]:
     return sorted((SAMPLE_DIR / split / class_name).glob("*.jpeg"))[:count]
+
+
+def pipeline_answers(model_id: str, images: list, cwd) -> list[list[dict]]:
+    """transformers' pipeline in a separate Python whose import path holds no part of this repository."""
+    code = ("import json, sys\n"
+            "try:\n    import serving\n    sys.exit('serving is importable: not a clean process')\n"
+            "except ImportError:\n    pass\n"
+            "from transformers import pipeline\n"
+            f"classify = pipeline('image-classification', model={model_id!r}, trust_remote_code=True)\n"
+            f"print(json.dumps([classify(p) for p in {[str(p) for p in images]!r}]))\n")
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture
@@ -55,6 +75,19 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_run(tmp_path_factory) -> Path:
+    """A trained model that serving tests can tell apart from a coin: trained long enough to spread its
+    probabilities, with a threshold far from 0.5 (fixed:0.8), so that the decision and the argmax differ for
+    some images. Served by the app fixture."""
+    from trainer.train import main
+
+    output_dir = tmp_path_factory.mktemp("served")
+    main([*FAST_TRAINING, "--num_train_epochs", "20", "--learning_rate", "0.01", "--lr_patience", "5",
+          "--threshold_strategy", "fixed:0.8", "--output_dir", str(output_dir)])
+    return output_dir
+
+
+@pytest.fixture(scope="session")
 def hub():
     """The Hub-protocol test server (tests/hub_server.py), on the loopback port HF_ENDPOINT names."""
     from tests.hub_server import make_server
@@ -67,14 +100,14 @@ def hub():
 
 
 @pytest.fixture(scope="session")
-def app_url(trained_run, tmp_path_factory):
-    """`python app.py` serving the session's trained model on a free loopback port."""
+def app_url(served_run, tmp_path_factory):
+    """`python app.py` serving the session's served model on a free loopback port."""
     import subprocess
     import sys
     import time
     import urllib.request
 
-    output_dir, _ = trained_run
+    output_dir = served_run
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "MODEL_ID": str(output_dir / "best"), "GRADIO_SERVER_NAME": "127.0.0.1",

@@ -11,13 +11,11 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from dataset_scripts.non_xray_images import non_xray_images
+from serving import PneumoniaClassifier
+from serving.demo import diagnose
+from serving.heatmap import grad_cam, overlay
 from tests.app_inputs import bad_uploads, dicom_variants
 from tests.conftest import REPO_ROOT, sample_images
-from trainer import PneumoniaClassifier
-from trainer.data import CLASS_NAMES
-from trainer.demo import diagnose
-from trainer.explain import grad_cam_overlay
-from trainer.inputs import read_upload
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +24,8 @@ def client(app_url):
 
 
 @pytest.fixture(scope="module")
-def model(trained_run):
-    return PneumoniaClassifier.from_pretrained(trained_run[0] / "best")
+def model(served_run):
+    return PneumoniaClassifier.from_pretrained(served_run / "best")
 
 
 def confidences(label_output: dict) -> dict[str, float]:
@@ -41,29 +39,35 @@ def assert_serves_a_real_xray(client, model):
     assert heatmap is not None
 
 
-def test_predictions_equal_the_package_predict(client, model):
+def test_predictions_equal_the_package_predict_and_the_heading_is_the_decision(client, model):
     for image in sample_images("test", "NORMAL", 2) + sample_images("test", "PNEUMONIA", 2):
         label, decision, heatmap = client.predict(handle_file(str(image)), api_name="/predict")
         expected = model.predict(image)
         assert confidences(label) == pytest.approx(expected, abs=1e-6)
         verdict = "PNEUMONIA" if expected["PNEUMONIA"] >= model.threshold else "NORMAL"
+        assert label["label"] == verdict and label["confidences"][0]["label"] == verdict
         assert f"Model output: {verdict}" in decision and "not for clinical use" in decision
-        with Image.open(heatmap) as overlay:
-            assert overlay.size == (224, 224) and overlay.mode == "RGB"
+        with Image.open(heatmap) as shown:
+            assert shown.size == (224, 224) and shown.mode == "RGB"
 
 
-def test_heatmap_explains_the_decision_at_the_threshold_not_the_argmax(trained_run):
-    model = PneumoniaClassifier.from_pretrained(trained_run[0] / "best")  # own copy: its threshold is changed
+def test_heatmap_explains_the_decision_at_the_threshold_not_the_argmax(served_run):
+    model = PneumoniaClassifier.from_pretrained(served_run / "best")  # own copy: its threshold is changed
     path = sample_images("test", "PNEUMONIA", 1)[0]
     pneumonia = model.predict(path)["PNEUMONIA"]
     argmax = int(pneumonia >= 0.5)
     # A threshold on the far side of the probability makes the decision the other class than the argmax
     model.set_operating_point(float(model.temperature), (pneumonia + 1) / 2 if argmax else pneumonia / 2)
     _, decision, heatmap = diagnose(model, path)
-    image = read_upload(path, model.input_size)
-    assert f"Model output: {CLASS_NAMES[1 - argmax]}" in decision
-    assert np.array_equal(np.asarray(heatmap), np.asarray(grad_cam_overlay(model, image, 1 - argmax)))
-    assert not np.array_equal(np.asarray(heatmap), np.asarray(grad_cam_overlay(model, image, argmax)))
+    image = model.predictor.read(path)
+    _, _, feature_map = model.predictor.forward(model.transform(image).unsqueeze(0))
+
+    def overlay_of(class_index):
+        return np.asarray(overlay(image.resize(model.input_size, Image.BILINEAR), grad_cam(model, feature_map, [class_index])[0]))
+
+    assert f"Model output: {model.labels[1 - argmax]}" in decision
+    assert np.array_equal(np.asarray(heatmap), overlay_of(1 - argmax))
+    assert not np.array_equal(np.asarray(heatmap), overlay_of(argmax))
 
 
 @pytest.mark.parametrize("variant", ["mono2_8bit", "mono2_16bit", "mono1_8bit", "mono1_12bit", "mono2_12bit_window"])

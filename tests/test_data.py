@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving.preprocessing import eval_transform, to_rgb
 from tests.conftest import SAMPLE_DIR
 from trainer.data import DatasetLayoutError, load_chest_xray, patient_id, split_by_patient
-from trainer.preprocessing import UnreadableImageError, eval_transform, load_image, to_rgb
 
 
 def test_labels_follow_the_class_folders():
@@ -114,8 +114,3 @@ def test_corrupt_images_are_all_named_before_training(sample_copy):
     assert str(victim) in str(error.value) and str(impostor) in str(error.value)
 
 
-def test_load_image_names_an_unreadable_file(tmp_path):
-    path = tmp_path / "scan.png"
-    path.write_bytes(b"%PDF-1.4 not a png")
-    with pytest.raises(UnreadableImageError, match=str(path)):
-        load_image(path)

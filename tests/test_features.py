@@ -11,10 +11,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
-from trainer import PneumoniaClassifier
-from trainer.data import load_chest_xray, make_loader
+from trainer.data import load_chest_xray, make_loader, train_transform
 from trainer.features import CachedViews, cache_key, extract_features
-from trainer.preprocessing import eval_transform, train_transform
+from trainer.model import model_for_training
 from trainer.train import main
 
 QUICK = ["--no_pretrained", "--num_train_epochs", "1", "--num_workers", "0"]
@@ -40,7 +39,7 @@ def test_cached_and_uncached_paths_train_the_same_head(tmp_path, full_fp32_convo
     main([*QUICK, "--cache_views", "0", "--no_augment", "--output_dir", str(tmp_path / "uncached")])
     cached, uncached = head_weights(tmp_path / "cached"), head_weights(tmp_path / "uncached")
     assert cached.keys() == uncached.keys() and len(cached) == 4
-    fresh = PneumoniaClassifier.for_training("resnet18", False, 256, 0.5).head.state_dict()
+    fresh = model_for_training("resnet18", False, 256, 0.5).head.state_dict()
     for key, value in cached.items():
         assert torch.allclose(value, uncached[key], atol=1e-5), key
         assert not torch.equal(value, fresh[key.removeprefix("head.")])  # the head did train
@@ -87,9 +86,9 @@ def train_split():
 def test_channels_last_extraction_gives_nchw_features_and_restores_the_layout(train_split):
     torch.manual_seed(0)
     accelerator = Accelerator()  # the CPU here; the GPU under benchmarks/gpu_check.sh
-    model = PneumoniaClassifier.for_training("resnet18", False, 16, 0.0).to(accelerator.device)
+    model = model_for_training("resnet18", False, 16, 0.0).to(accelerator.device)
     split = train_split.select(range(12))
-    loader = make_loader(split, eval_transform(model.preprocessing), 6, False, 0)
+    loader = make_loader(split, model.transform, 6, False, 0)
     features = extract_features(model, accelerator.prepare(loader), accelerator)
     with torch.no_grad():
         expected = torch.cat([model.forward_features(batch["pixel_values"].to(accelerator.device)).cpu()
@@ -100,13 +99,13 @@ def test_channels_last_extraction_gives_nchw_features_and_restores_the_layout(tr
 
 def test_cache_key_changes_with_backbone_preprocessing_augmentation_data_and_views(train_split, sample_copy):
     torch.manual_seed(0)
-    model = PneumoniaClassifier.for_training("resnet18", False, 16, 0.0)
+    model = model_for_training("resnet18", False, 16, 0.0)
     augmented = train_transform(model.preprocessing, 10.0)
     key = cache_key(model, train_split, 3, augmented, 42)
     assert cache_key(model, train_split, 3, train_transform(model.preprocessing, 10.0), 42) == key
     assert cache_key(model, train_split, 2, augmented, 42) != key
     assert cache_key(model, train_split, 3, train_transform(model.preprocessing, 5.0), 42) != key
-    assert cache_key(model, train_split, 3, eval_transform(model.preprocessing), 42) != key
+    assert cache_key(model, train_split, 3, model.transform, 42) != key
     assert cache_key(model, train_split, 3, augmented, 43) != key
     assert cache_key(model, train_split.select(range(100)), 3, augmented, 42) != key
     model.preprocessing = {**model.preprocessing, "interpolation": "bilinear"}

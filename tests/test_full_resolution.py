@@ -1,4 +1,4 @@
-"""Full-size JPEGs: decoded at reduced scale the same way in training, CLI and app; the resize script."""
+"""Full-size JPEGs: decoded at reduced scale the same way in training and serving; the resize script."""
 
 import datasets
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 from dataset_scripts.resize_dataset import resize_folder
+from serving.images import read_image
+from serving.preprocessing import eval_transform, preprocessing_config
 from tests.conftest import sample_images
 from trainer.data import make_loader
-from trainer.inputs import read_upload
-from trainer.preprocessing import eval_transform, load_image, preprocessing_config
 
 PREPROCESSING = preprocessing_config("resnet18")
 INPUT_SIZE = (224, 224)
@@ -24,11 +24,9 @@ def full_size_xray(tmp_path):
 
 
 def test_a_full_size_jpeg_decodes_at_reduced_scale_but_at_least_the_input_size(full_size_xray):
-    assert load_image(full_size_xray).size == (1900, 1500)
-    width, height = load_image(full_size_xray, INPUT_SIZE).size
+    assert read_image(full_size_xray).size == (1900, 1500)
+    width, height = read_image(full_size_xray, INPUT_SIZE).size
     assert 224 <= width <= 1900 // 4 and 224 <= height <= 1500 // 4
-    assert np.array_equal(np.asarray(read_upload(full_size_xray, INPUT_SIZE)),
-                          np.asarray(load_image(full_size_xray, INPUT_SIZE)))
 
 
 def test_training_loader_drafts_like_the_app_and_leaves_small_images_exact(full_size_xray):
@@ -37,14 +35,14 @@ def test_training_loader_drafts_like_the_app_and_leaves_small_images_exact(full_
     batch = next(iter(make_loader(split.cast_column("image", datasets.Image()), eval_transform(PREPROCESSING), 2,
                                   False, 0)))
     transform = eval_transform(PREPROCESSING)
-    assert batch["pixel_values"][0].equal(transform(load_image(full_size_xray, INPUT_SIZE)))
-    assert not batch["pixel_values"][0].equal(transform(load_image(full_size_xray)))
-    assert batch["pixel_values"][1].equal(transform(load_image(small)))
+    assert batch["pixel_values"][0].equal(transform(read_image(full_size_xray, INPUT_SIZE)))
+    assert not batch["pixel_values"][0].equal(transform(read_image(full_size_xray)))
+    assert batch["pixel_values"][1].equal(transform(read_image(small)))
 
 
 def test_small_images_decode_exactly_as_without_draft():
     for path in sample_images("train", "NORMAL", 3) + sample_images("train", "PNEUMONIA", 3):
-        assert np.array_equal(np.asarray(load_image(path, INPUT_SIZE)), np.asarray(load_image(path)))
+        assert np.array_equal(np.asarray(read_image(path, INPUT_SIZE)), np.asarray(read_image(path)))
 
 
 def test_resize_dataset_writes_input_size_copies_and_lists_broken_files(sample_copy, full_size_xray, tmp_path):

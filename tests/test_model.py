@@ -7,20 +7,22 @@ from accelerate import Accelerator
 from tests.conftest import sample_images
 from trainer import PneumoniaClassifier
 from trainer.config import TrainingConfig
-from trainer.preprocessing import load_image, train_transform
+from trainer.data import train_transform
+from trainer.model import model_for_training
 from trainer.train import build_optimizer, build_scheduler, class_weighted_loss, is_better, validate
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return PneumoniaClassifier.for_training("resnet18", pretrained=False, head_hidden_dim=16, dropout=0.5)
+    return model_for_training("resnet18", pretrained=False, head_hidden_dim=16, dropout=0.5)
 
 
 def real_batch(model, count=4):
     images = sample_images("train", "NORMAL", count // 2) + sample_images("train", "PNEUMONIA", count // 2)
     transform = train_transform(model.preprocessing, rotation_degrees=10)
-    return torch.stack([transform(load_image(p)) for p in images]), torch.tensor([0] * (count // 2) + [1] * (count // 2))
+    pixel_values = torch.stack([transform(model.predictor.read(p)) for p in images])
+    return pixel_values, torch.tensor([0] * (count // 2) + [1] * (count // 2))
 
 
 def test_training_step_moves_only_the_head(model):
@@ -107,5 +109,5 @@ def test_pretrained_loading_fails_fast_and_names_the_fix(monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     started = time.perf_counter()
     with pytest.raises(PretrainedWeightsUnavailable, match="--no_pretrained"):
-        PneumoniaClassifier.for_training("resnet18", pretrained=True, head_hidden_dim=8, dropout=0.0)
+        model_for_training("resnet18", pretrained=True, head_hidden_dim=8, dropout=0.0)
     assert time.perf_counter() - started < 15

@@ -1,12 +1,11 @@
-"""ONNX Runtime inference gives eager PyTorch's probabilities and guard verdicts, and never serves stale weights."""
+"""ONNX Runtime inference gives eager PyTorch's outputs and guard verdicts, and never serves stale weights."""
 
 import pytest
 import torch
 
 from dataset_scripts.non_xray_images import non_xray_images
+from serving import PneumoniaClassifier, read_image
 from tests.conftest import sample_images
-from trainer import PneumoniaClassifier
-from trainer.preprocessing import load_image
 
 
 @pytest.fixture(scope="module")
@@ -19,29 +18,31 @@ def models(trained_run):
 
 
 def real_images():
-    return [load_image(p) for p in sample_images("test", "NORMAL", 3) + sample_images("test", "PNEUMONIA", 3)]
+    return [read_image(p) for p in sample_images("test", "NORMAL", 3) + sample_images("test", "PNEUMONIA", 3)]
 
 
 def test_single_images_get_eager_probabilities_and_guard_verdicts(models):
     eager, served = models
     images = real_images() + [non_xray_images()[name] for name in ("skimage_astronaut", "blank_white")]
     for image in images:
-        expected, expected_distance, expected_verdict = eager.analyse(image)
-        probabilities, distance, verdict = served.analyse(image)
-        assert max(abs(probabilities[k] - expected[k]) for k in expected) <= 1e-4
-        assert distance == pytest.approx(expected_distance, rel=1e-4) and verdict == expected_verdict
-    assert not served.analyse(images[-2])[2]  # the photo is refused by the served guard too
+        expected, prediction = eager.analyse(image), served.analyse(image)
+        assert max(abs(prediction.probabilities[k] - expected.probabilities[k]) for k in expected.probabilities) <= 1e-4
+        assert prediction.guard_distance == pytest.approx(expected.guard_distance, rel=1e-4)
+        assert prediction.looks_like_xray == expected.looks_like_xray and prediction.decision == expected.decision
+    assert not served.analyse(images[-2]).looks_like_xray  # the photo is refused by the served guard too
 
 
-def test_batches_of_any_size_match_eager_logits(models):
+def test_batches_of_any_size_match_eager_outputs(models):
     eager, served = models
     pixels = torch.stack([eager.transform(image) for image in real_images()])
     for size in (1, 2, 6):
-        expected_logits, expected_distances = eager.logits_and_guard_distances(pixels[:size])
-        logits, distances = served.logits_and_guard_distances(pixels[:size])
-        assert logits.shape == expected_logits.shape and distances.shape == expected_distances.shape
+        expected_logits, expected_statistics, expected_maps = eager.predictor.forward(pixels[:size])
+        logits, statistics, feature_maps = served.predictor.forward(pixels[:size])
+        assert logits.shape == expected_logits.shape and feature_maps.shape == expected_maps.shape == (size, 512, 7, 7)
         torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(distances, expected_distances, atol=0, rtol=1e-4)
+        torch.testing.assert_close(feature_maps, expected_maps, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(served.predictor.guard_distances(statistics),
+                                   eager.predictor.guard_distances(expected_statistics), atol=0, rtol=1e-4)
 
 
 def test_training_drops_the_exported_copy(trained_run):
@@ -51,7 +52,8 @@ def test_training_drops_the_exported_copy(trained_run):
     with torch.no_grad():
         model.head[-1].bias.add_(torch.tensor([5.0, -5.0]))  # weights change after the export
     pixels = model.transform(real_images()[0]).unsqueeze(0)
-    logits, _ = model.logits_and_guard_distances(pixels)
+    logits, _, _ = model.predictor.forward(pixels)
+    assert model.predictor.engine == "eager"
     torch.testing.assert_close(logits, model.eval()(pixels))
 
 

@@ -1,5 +1,9 @@
-"""Pneumonia Detector: a frozen-backbone timm classifier for chest X-rays (research demo, not for clinical use)."""
+"""Pneumonia Detector: a frozen-backbone timm classifier for chest X-rays (research demo, not for clinical use).
 
-from .model import LABELS, PneumoniaClassifier
+Training lives here; the model and everything that serves it live in `serving` (re-exported for
+`from trainer import PneumoniaClassifier`, which pushed model cards and users' scripts rely on).
+"""
+
+from serving import LABELS, PneumoniaClassifier
 
 __all__ = ["LABELS", "PneumoniaClassifier"]

@@ -3,11 +3,9 @@
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .calibration import check_threshold_strategy
-
-BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "chest_xray"
+from .data import BUNDLED_SAMPLE
 
 
 def option(default, help: str, **argparse_kwargs):

@@ -16,12 +16,16 @@ import torch
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from serving.images import BITMAP_SUFFIXES
+from serving.preprocessing import eval_transform
 
 logger = logging.getLogger(__name__)
 
+BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "chest_xray"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SPLIT_FOLDERS = ("train", "test")
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff"}
 # personNNN_bacteria_MMM.jpeg, IM-NNNN-MMMM.jpeg, NORMAL2-IM-NNNN-MMMM.jpeg (see the data README).
 # NORMAL2-IM-NNNN and IM-NNNN are treated as one patient: merging can only reduce leakage.
 PATIENT_PATTERN = re.compile(r"^(?:(person\d+)_|(?:NORMAL2-)?(IM-\d+)-)")
@@ -40,7 +44,7 @@ def patient_id(file_name: str) -> str:
 
 
 def image_files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in class_dir.iterdir() if p.suffix.lower() in BITMAP_SUFFIXES)
 
 
 def check_layout(data_dir: Path) -> None:
@@ -60,7 +64,7 @@ def check_layout(data_dir: Path) -> None:
                 raise DatasetLayoutError(f"Class folder {class_dir} is missing. Each of train/ and test/ "
                                          f"needs {' and '.join(CLASS_NAMES)} folders.")
             if not image_files(class_dir):
-                raise DatasetLayoutError(f"Class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+                raise DatasetLayoutError(f"Class folder {class_dir} holds no images ({', '.join(BITMAP_SUFFIXES)}).")
 
 
 def is_readable(path: Path) -> bool:
@@ -156,3 +160,11 @@ def make_loader(dataset: datasets.Dataset, transform, batch_size: int, shuffle: 
     undecoded = dataset.cast_column("image", datasets.Image(decode=False))
     return DataLoader(undecoded.with_transform(apply), batch_size=batch_size, shuffle=shuffle,
                       num_workers=num_workers, collate_fn=collate)
+
+
+def train_transform(preprocessing: dict, rotation_degrees: float) -> transforms.Compose:
+    """The eval transform (serving/preprocessing.py) with the mission's augmentation after decoding:
+    random horizontal flip, random rotation."""
+    augmentation = [transforms.RandomHorizontalFlip(), transforms.RandomRotation(rotation_degrees)]
+    decode, *rest = eval_transform(preprocessing).transforms
+    return transforms.Compose([decode, *augmentation, *rest])

@@ -16,11 +16,10 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from serving import PneumoniaClassifier
+
 from .calibration import brier_score, expected_calibration_error
-from .config import BUNDLED_SAMPLE
-from .data import load_chest_xray, make_loader
-from .model import PneumoniaClassifier
-from .preprocessing import eval_transform
+from .data import BUNDLED_SAMPLE, load_chest_xray, make_loader
 from .report import bootstrap_intervals, plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "pneumonia_metrics.py"
@@ -44,9 +43,8 @@ def predict_loader(model, dataloader, accelerator: Accelerator, description: str
     return torch.cat(all_labels).numpy(), torch.cat(all_logits)
 
 
-def compute_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
-    """Screening metrics at a PNEUMONIA-probability threshold."""
-    predictions = (scores >= threshold).astype(np.int64)
+def compute_metrics(labels: np.ndarray, scores: np.ndarray, predictions: np.ndarray) -> dict:
+    """Screening metrics of PNEUMONIA (1) / NORMAL (0) predictions and PNEUMONIA-probability scores."""
     return load_metric().compute(predictions=predictions, references=labels, scores=scores)
 
 
@@ -76,13 +74,17 @@ def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: data
     Writes per-image predictions and the ROC, PR and reliability plots; returns `test_` metrics.
     """
     model = PneumoniaClassifier.from_pretrained(model_dir)
-    loader = make_loader(test, eval_transform(model.preprocessing), batch_size, False, num_workers)
+    loader = make_loader(test, model.transform, batch_size, False, num_workers)
     prepared, loader = accelerator.prepare(model, loader)
     labels, logits = predict_loader(prepared, loader, accelerator, description="test")
-    scores = model.probabilities(logits)[:, 1].numpy()
+    # Calibration and decision exactly as the app, the CLI and PneumoniaClassifier.predict make them
+    predictor = model.predictor
+    scores = predictor.probabilities(logits)[:, 1].numpy()
+    decisions = np.array([model.labels.index(predictor.decide(score)) for score in scores])
     raw_scores = logits.softmax(dim=-1)[:, 1].numpy()
-    results = {f"test_{key}": value for key, value in compute_metrics(labels, scores, model.threshold).items()}
-    results |= {f"test_at_0.5_{key}": value for key, value in compute_metrics(labels, scores, 0.5).items()
+    results = {f"test_{key}": value for key, value in compute_metrics(labels, scores, decisions).items()}
+    at_half = (scores >= 0.5).astype(np.int64)
+    results |= {f"test_at_0.5_{key}": value for key, value in compute_metrics(labels, scores, at_half).items()
                 if key in ("accuracy", "sensitivity", "specificity", "f1", "confusion_matrix")}
     results |= {"test_samples": int(len(labels)), "decision_threshold": model.threshold,
                 "temperature": float(model.temperature),

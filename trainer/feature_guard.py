@@ -1,4 +1,4 @@
-"""Not-an-X-ray guard: how far an image's backbone activations lie from those of the training X-rays.
+"""Fitting the not-an-X-ray guard (applied at serving time by serving/guard.py) when training ends.
 
 The statistics are the spatial mean and standard deviation of every channel of the backbone's last
 GUARD_STAGES stages (960 channels, 1,920 numbers for a ResNet18): early stages catch texture and
@@ -13,23 +13,10 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
+from serving.guard import mahalanobis
+
 DEFAULT_QUANTILE = 0.995
-GUARD_STAGES = 4
 GUARD_FIT_IMAGES = 2000
-
-
-def stage_statistics(stages: list[torch.Tensor]) -> torch.Tensor:
-    """(N, 2 * channels): per-channel spatial mean and standard deviation of each stage's activations."""
-    return torch.cat([s.mean(dim=(2, 3)) for s in stages] + [s.std(dim=(2, 3)) for s in stages], dim=1)
-
-
-def mahalanobis(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """Distance of each row of `features` (N, D) from the fitted distribution, in float64.
-
-    The precision matrix is badly conditioned (near-constant statistics), so float32 loses the distance.
-    """
-    centred = features.double() - mean.double()
-    return torch.einsum("nd,de,ne->n", centred, precision.double(), centred).clamp_min(0).sqrt()
 
 
 def fit_feature_guard(train_statistics: np.ndarray, val_statistics: np.ndarray,

@@ -2,8 +2,9 @@
 
     python -m trainer.push_space --space_id NAME/SPACE --hub_model_id NAME/REPO [--hub_token T]
 
-Uploads app.py, requirements.txt, the trainer package, example images and a Space README with the
-Gradio front matter, then sets the Space variable MODEL_ID to the model repo (app.py reads it).
+Uploads what serving needs and nothing of training: app.py, requirements.txt, the `serving` package,
+example images and a Space README with the Gradio front matter; then sets the Space variable MODEL_ID
+to the model repo (app.py reads it).
 """
 
 import argparse
@@ -12,6 +13,8 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, SpaceCardData
+
+from serving.demo import example_files
 
 from .push import PushError
 
@@ -42,10 +45,9 @@ def space_card(model_id: str) -> SpaceCard:
 
 
 def space_files() -> list[Path]:
-    """Repository files the Space needs, relative to the repository root."""
-    package = [p for p in (REPO_ROOT / "trainer").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    examples = [p for class_dir in sorted((REPO_ROOT / "sample_data" / "chest_xray" / "test").iterdir())
-                for p in sorted(class_dir.glob("*.jpeg"))[:EXAMPLES_PER_CLASS]]
+    """Repository files the Space needs: the app, its requirements, the serving package and the example X-rays."""
+    package = [p for p in (REPO_ROOT / "serving").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    examples = [Path(p) for p in example_files(EXAMPLES_PER_CLASS)]
     return [REPO_ROOT / "app.py", REPO_ROOT / "requirements.txt", *package, *examples]
 
 

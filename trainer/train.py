@@ -22,12 +22,11 @@ from tqdm.auto import tqdm
 from .calibration import choose_threshold, fit_temperature
 from .checkpointing import StopOnSignal, TrainingInterrupted, TrainingProgress, resolve_checkpoint
 from .config import TrainingConfig, parse_config
-from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest
+from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest, train_transform
 from .evaluation import evaluate_on_test, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, cached_features, extract_features_and_statistics
-from .model import PneumoniaClassifier
-from .preprocessing import eval_transform, train_transform
+from .model import PneumoniaClassifier, model_for_training
 from .push import push_run
 from .report import plot_confusion_matrix, plot_training_curves
 
@@ -138,14 +137,14 @@ def is_better(val: dict, best: dict | None, metric: str) -> bool:
 
 
 def eval_loader(config: TrainingConfig, model, split) -> DataLoader:
-    return make_loader(split, eval_transform(model.preprocessing), config.per_device_eval_batch_size, False,
+    return make_loader(split, model.transform, config.per_device_eval_batch_size, False,
                        config.num_workers)
 
 
 def training_transform(config: TrainingConfig, model, augment: bool):
     """The training images' transform: the mission's augmentation (flip, rotation) or none."""
     return (train_transform(model.preprocessing, config.rotation_degrees) if augment
-            else eval_transform(model.preprocessing))
+            else model.transform)
 
 
 def image_loaders(config: TrainingConfig, model, splits: dict) -> tuple[DataLoader, DataLoader, None]:
@@ -166,7 +165,7 @@ def feature_loaders(config: TrainingConfig, accelerator: Accelerator, model, spl
     augment = config.augment and config.cache_views > 1  # K=1: one un-augmented view
     train_features = cached_features(model, splits["train"], "train", config.cache_views if augment else 1,
                                      training_transform(config, model, augment), config, accelerator, cache_dir)
-    val_features = cached_features(model, splits["validation"], "validation", 1, eval_transform(model.preprocessing),
+    val_features = cached_features(model, splits["validation"], "validation", 1, model.transform,
                                    config, accelerator, cache_dir)
     train_set = CachedViews(train_features, splits["train"]["label"], config.seed)
     val_set = CachedViews(val_features, splits["validation"]["label"], config.seed)
@@ -297,7 +296,7 @@ def main(argv=None) -> dict:
                                                                 for k, v in asdict(config).items() if k != "hub_token"})
 
     # Build the model
-    model = PneumoniaClassifier.for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
+    model = model_for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
 
     # Train!
     best = train(config, accelerator, model, splits, output_dir)

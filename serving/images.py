@@ -1,4 +1,5 @@
-"""Read an uploaded file (JPEG, PNG of any mode, or DICOM) into an RGB image, or say clearly why not."""
+"""The one image reader of every entry point (app, CLI, `PneumoniaClassifier.predict`): JPEG, PNG and other
+bitmaps of any mode, or DICOM, into an RGB image; anything else gets an InputImageError saying what is wrong."""
 
 import warnings
 from pathlib import Path
@@ -11,18 +12,22 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from .preprocessing import draft, to_rgb
 
+BITMAP_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+ACCEPTED_SUFFIXES = BITMAP_SUFFIXES + DICOM_SUFFIXES
 MAX_PIXELS = 50_000_000  # about 7,000 x 7,000: above any radiograph, below a decompression bomb
 MIN_SIDE = 32
+ACCEPTED = "a chest X-ray image (JPEG, PNG or DICOM)"
 
 
 class InputImageError(ValueError):
-    """An upload that cannot be used; the message is written for the person who uploaded it."""
+    """A file that cannot be used as an X-ray; the message says why, for the person who gave it."""
 
 
 def is_dicom(path: Path) -> bool:
-    """DICOM files carry "DICM" after a 128-byte preamble (or at least the .dcm suffix)."""
+    """DICOM files carry "DICM" after a 128-byte preamble (or at least a DICOM suffix)."""
     with open(path, "rb") as file:
-        return file.read(132)[128:132] == b"DICM" or path.suffix.lower() in {".dcm", ".dicom"}
+        return file.read(132)[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES
 
 
 def dicom_to_image(path: Path) -> Image.Image:
@@ -61,27 +66,31 @@ def bitmap_to_image(path: Path, draft_size: tuple[int, int] | None) -> Image.Ima
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise InputImageError(f"This image is {image.width}x{image.height} pixels, too large to process "
-                                          f"(limit {MAX_PIXELS:,} pixels). Please upload a smaller export.")
+                                          f"(limit {MAX_PIXELS:,} pixels). Please use a smaller export.")
                 draft(image, draft_size).load()
                 return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InputImageError(f"This image is too large to process ({error}).") from error
     except UnidentifiedImageError as error:
-        raise InputImageError("This file is not an image we can read. Upload a JPEG, PNG or DICOM (.dcm) file.") from error
+        raise InputImageError(f"This file is not an image we can read. Use {ACCEPTED}.") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise InputImageError(f"This image file is damaged or incomplete ({error}).") from error
 
 
-def read_upload(path: str | Path | None, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Return the upload as an RGB image, or raise InputImageError saying what is wrong.
+def read_image(path: str | Path | None, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Return the file as an RGB image, or raise InputImageError saying what is wrong.
 
     With `draft_size` (the model's input size), a larger JPEG is decoded at reduced scale, at least that size.
     """
     if path is None or str(path) == "":
-        raise InputImageError("No file was uploaded. Choose a chest X-ray image (JPEG, PNG or DICOM).")
+        raise InputImageError(f"No file was given. Choose {ACCEPTED}.")
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise InputImageError("The uploaded file is empty. Choose a chest X-ray image (JPEG, PNG or DICOM).")
+    if not path.exists():
+        raise InputImageError(f"No such file: {path}. Check the path.")
+    if not path.is_file():
+        raise InputImageError(f"{path} is a folder, not an image file.")
+    if path.stat().st_size == 0:
+        raise InputImageError(f"The file is empty (0 bytes). Choose {ACCEPTED}.")
     image = dicom_to_image(path) if is_dicom(path) else bitmap_to_image(path, draft_size)
     if min(image.size) < MIN_SIDE:
         raise InputImageError(f"This image is only {image.width}x{image.height} pixels; "

@@ -1,4 +1,4 @@
-"""The one image preprocessing definition, shared by training, evaluation, the CLI and the app.
+"""The one image preprocessing definition, shared by training, evaluation, the CLI, the app and the Hub.
 
 Size, mean, std and interpolation come from the backbone's timm data config. Chest X-rays are
 resized whole to the square input ("squash") instead of timm's default resize-then-centre-crop:
@@ -11,18 +11,13 @@ JPEGs larger than the input are decoded at reduced scale (Pillow's draft mode: t
 """
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import timm.data
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision import transforms
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
-
-
-class UnreadableImageError(ValueError):
-    """An input file that is not a decodable image."""
 
 
 def preprocessing_config(model_name: str) -> dict:
@@ -81,28 +76,8 @@ def decode_for_model(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return to_rgb(draft(image, size))
 
 
-def load_image(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Open and decode an image file as RGB; raise UnreadableImageError naming the file.
-
-    With `draft_size`, a larger JPEG is decoded at reduced scale (see the module docstring).
-    """
-    try:
-        with Image.open(path) as image:
-            draft(image, draft_size).load()
-            return to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise UnreadableImageError(f"Cannot read image {path}: {error}. Replace or delete the file.") from error
-
-
 def eval_transform(preprocessing: dict) -> transforms.Compose:
     """PIL image of any mode → normalised float tensor, exactly as the model saw in training."""
     timm_transform = timm.data.create_transform(**preprocessing, is_training=False)
     decode = partial(decode_for_model, size=input_size(preprocessing))
     return transforms.Compose([transforms.Lambda(decode), *timm_transform.transforms])
-
-
-def train_transform(preprocessing: dict, rotation_degrees: float) -> transforms.Compose:
-    """The eval transform preceded by the mission's augmentation: horizontal flip, small rotation."""
-    augmentation = [transforms.RandomHorizontalFlip(), transforms.RandomRotation(rotation_degrees)]
-    decode, *rest = eval_transform(preprocessing).transforms
-    return transforms.Compose([decode, *augmentation, *rest])

@@ -1,10 +1,10 @@
-"""Fast CPU inference: the model's forward pass exported to ONNX and run by ONNX Runtime.
+"""Fast CPU inference: the model's serving forward pass exported to ONNX and run by ONNX Runtime.
 
 `benchmarks/inference_speed.py` measured it against plain eager PyTorch on a 2-core CPU: the forward
 pass about 2× faster, 1.56× per image from file to probabilities and 1.8× per batch, probabilities
 within 1e-7. The export takes a few seconds, once per process, from the weights in memory, so it can
-never disagree with them. PyTorch still preprocesses, computes the guard's float64 distance and, in
-the app, Grad-CAM (which needs gradients).
+never disagree with them. PyTorch still preprocesses, calibrates, computes the guard's float64
+distance and the Grad-CAM weights (a backward pass through the head only, serving/heatmap.py).
 """
 
 import logging
@@ -16,26 +16,25 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-INPUT, OUTPUTS = "pixel_values", ["logits", "guard_statistics"]
+INPUT, OUTPUTS = "pixel_values", ["logits", "guard_statistics", "feature_map"]
 
 
-class LogitsAndStatistics(nn.Module):
-    """What is exported: head logits and the not-an-X-ray guard's statistics from one backbone pass."""
+class ServingForward(nn.Module):
+    """What is exported: `model.serving_forward` (logits, guard statistics, last feature map)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features, statistics = self.model.features_and_statistics(pixel_values)
-        return self.model.head(features), statistics
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.serving_forward(pixel_values)
 
 
 class OnnxForward:
-    """Callable like `LogitsAndStatistics`, on CPU tensors, backed by an ONNX Runtime session."""
+    """Callable like `model.serving_forward`, on CPU tensors, backed by an ONNX Runtime session (thread-safe)."""
 
     def __init__(self, model: nn.Module, allow_spinning: bool = False):
-        exporting = LogitsAndStatistics(model).eval()
+        exporting = ServingForward(model).eval()
         example = torch.zeros(2, *model.preprocessing["input_size"])
         program = torch.onnx.export(exporting, (example,), input_names=[INPUT], output_names=OUTPUTS,
                                     dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
@@ -45,10 +44,9 @@ class OnnxForward:
         self.session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(), options,
                                                     providers=["CPUExecutionProvider"])
 
-    def __call__(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pixels = np.ascontiguousarray(pixel_values.detach().cpu().float().numpy())
-        logits, statistics = self.session.run(OUTPUTS, {INPUT: pixels})
-        return torch.from_numpy(logits), torch.from_numpy(statistics)
+        return tuple(torch.from_numpy(output) for output in self.session.run(OUTPUTS, {INPUT: pixels}))
 
 
 def onnx_forward(model: nn.Module) -> OnnxForward | None:

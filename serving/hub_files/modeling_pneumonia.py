@@ -2,17 +2,23 @@
 
     from transformers import pipeline
     classify = pipeline("image-classification", model="NAME/REPO", trust_remote_code=True)
+    classify("chest_xray.jpeg")
+    # [{'label': DECISION, 'score': ..., 'probability': ...}, {'label': OTHER, ...}]
 
-The weights are the same `model.safetensors` that `trainer.PneumoniaClassifier` saves: a timm
-backbone with frozen BatchNorm (`backbone.*`) and an MLP head (`head.*`). Preprocessing is timm's
-(`TimmWrapperImageProcessor`, from `pretrained_cfg` in config.json). Research demo, not for clinical use.
+The weights are the same `model.safetensors` that the project's `PneumoniaClassifier` saves: a timm
+backbone with frozen BatchNorm (`backbone.*`), an MLP head (`head.*`), the temperature and the decision
+threshold fitted on validation. Preprocessing is timm's (`TimmWrapperImageProcessor`, from
+`pretrained_cfg` in config.json). The pipeline (config.json's `custom_pipelines`) puts the model's
+decision first, as the project's app and CLI show it. Research demo, not for clinical use.
 """
 
 import timm
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import ImageClassificationPipeline, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
+
+POSITIVE = "PNEUMONIA"  # the class the decision threshold is set on
 
 
 class PneumoniaConfig(PretrainedConfig):
@@ -58,6 +64,31 @@ class PneumoniaForImageClassification(PreTrainedModel):
         pass  # every weight comes from the checkpoint
 
     def forward(self, pixel_values, labels=None, **kwargs):
+        """Calibrated logits: softmax gives the calibrated probabilities."""
         logits = self.head(self.backbone(pixel_values)) / self.temperature
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+class PneumoniaClassificationPipeline(ImageClassificationPipeline):
+    """image-classification that answers with the model's decision at its threshold first.
+
+    Each entry is {"label", "score", "probability"}. `probability` is the calibrated probability of the
+    label. `score` is the PNEUMONIA probability re-centred on the decision threshold t,
+    sigmoid(logit(p) - logit(t)) (one minus that for NORMAL): 0.5 exactly at the threshold, so the
+    decided label scores highest and comes first, as the project's app and CLI decide.
+    """
+
+    def postprocess(self, model_outputs, top_k=None, **kwargs):
+        logits = model_outputs["logits"][0].float()  # calibrated: already divided by the temperature
+        labels = [self.model.config.id2label[i] for i in range(len(logits))]
+        positive = labels.index(POSITIVE)
+        probabilities = logits.softmax(dim=-1)
+        threshold = self.model.decision_threshold.float()
+        log_odds = 2 * logits[positive] - logits.sum()  # logit(p) for two classes
+        centred = torch.sigmoid(log_odds - torch.logit(threshold.clamp(1e-6, 1 - 1e-6))).item()
+        decided = POSITIVE if probabilities[positive] >= threshold else labels[1 - positive]
+        results = [{"label": label, "score": centred if label == POSITIVE else 1 - centred,
+                    "probability": probabilities[i].item()} for i, label in enumerate(labels)]
+        results.sort(key=lambda result: result["label"] != decided)
+        return results[:top_k] if top_k else results

@@ -1,0 +1,202 @@
+"""The classifier: a frozen timm backbone (BatchNorm statistics included) and a small trainable head.
+
+This module is the model: architecture, buffers (operating point, not-an-X-ray guard), forward passes,
+save / load. What is done with its outputs (calibration, decision, guard, heatmap) is serving/predictor.py.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import timm
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from PIL import Image
+from torch import nn
+
+from .guard import GUARD_STAGES, stage_statistics
+from .predictor import Predictor
+from .preprocessing import eval_transform, input_size, preprocessing_config
+
+LABELS = ["NORMAL", "PNEUMONIA"]
+REMOTE_CODE = Path(__file__).resolve().parent / "hub_files" / "modeling_pneumonia.py"
+
+
+class ModelNotFound(RuntimeError):
+    """No usable model at the given folder or Hub id; the message says how to get one."""
+
+
+def frozen_backbone(model_name: str, pretrained: bool = False) -> nn.Module:
+    """A timm feature extractor (no classifier) with every parameter and BatchNorm statistic frozen."""
+    backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
+    # freeze() swaps BatchNorm for FrozenBatchNorm2d, so running stats cannot move in train mode.
+    timm.utils.freeze(backbone)
+    return backbone.eval()
+
+
+class PneumoniaClassifier(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="timm",
+    pipeline_tag="image-classification",
+    license="cc-by-4.0",
+    tags=["chest-x-ray", "pneumonia", "medical-imaging", "research-only"],
+):
+    """NORMAL vs PNEUMONIA classifier; its `__init__` arguments are its saved config.
+
+    `PneumoniaClassifier.from_pretrained(dir_or_repo_id)` reloads a saved model; `predict(path_or_image)`
+    returns `{label: calibrated probability}`, `analyse(...)` the whole `Prediction` (decision at the
+    model's threshold, not-an-X-ray guard, optionally the Grad-CAM heatmap), both through `self.predictor`.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet18",
+        head_hidden_dim: int = 256,
+        dropout: float = 0.5,
+        labels: list[str] = LABELS,
+        preprocessing: dict | None = None,
+        imagenet_weights: bool = False,
+    ):
+        super().__init__()
+        # Weights always come from a checkpoint or from the trainer; never download here.
+        self.backbone = frozen_backbone(model_name)
+        self.head = nn.Sequential(
+            nn.Linear(self.backbone.num_features, head_hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden_dim, len(labels)),
+        )
+        self.labels = list(labels)
+        self.preprocessing = preprocessing or preprocessing_config(model_name)
+        self.imagenet_weights = imagenet_weights
+        self.transform = eval_transform(self.preprocessing)
+        self._predictor: Predictor | None = None  # built on first use; use_onnxruntime() replaces it
+        # Chosen on validation after training (trainer/calibration.py); saved with the weights.
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("decision_threshold", torch.tensor(0.5))
+        # The not-an-X-ray guard (serving/guard.py), fitted after training; off (inf) until then.
+        statistics = 2 * sum(info["num_chs"] for info in self.backbone.feature_info[-GUARD_STAGES:])
+        self.register_buffer("guard_mean", torch.zeros(statistics))
+        # float64: the distance is a quadratic form of an ill-conditioned matrix (see mahalanobis)
+        self.register_buffer("guard_precision", torch.zeros(statistics, statistics, dtype=torch.float64))
+        self.register_buffer("guard_threshold", torch.tensor(float("inf")))
+
+    # Forward passes
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.backbone(pixel_values)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from images, or from backbone features computed earlier (the feature cache)."""
+        return self.head(self.forward_features(pixel_values) if features is None else features)
+
+    def features_and_statistics(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features for the head and, from the same forward pass, the guard's statistics."""
+        final, stages = self.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
+        return self.backbone.forward_head(final), stage_statistics(stages)
+
+    def serving_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What serving needs, from one backbone pass: logits, the guard's statistics, and the last feature map
+        (N, C, h, w) that the pooled features come from, which Grad-CAM weighs (serving/heatmap.py)."""
+        final, stages = self.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
+        return self.head(self.backbone.forward_head(final)), stage_statistics(stages), final
+
+    def logits_from_feature_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The rest of the network after the last feature map: pooling and head (cheap; Grad-CAM differentiates it)."""
+        return self.head(self.backbone.forward_head(feature_map))
+
+    def train(self, mode: bool = True) -> "PneumoniaClassifier":
+        """Only the head ever trains; the frozen backbone stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        if mode:
+            self._predictor = None  # an exported copy would go stale as the head trains
+        return self
+
+    # Operating point and guard, fitted after training
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on the calibrated P(PNEUMONIA)."""
+        return float(self.decision_threshold)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the model's input; large JPEGs are decoded at reduced scale down to it."""
+        return input_size(self.preprocessing)
+
+    def set_operating_point(self, temperature: float, threshold: float) -> None:
+        self.temperature.fill_(temperature)
+        self.decision_threshold.fill_(threshold)
+
+    def set_feature_guard(self, mean: torch.Tensor, precision: torch.Tensor, threshold: torch.Tensor) -> None:
+        self.guard_mean.copy_(mean)
+        self.guard_precision.copy_(precision)
+        self.guard_threshold.copy_(threshold)
+
+    # Prediction (serving/predictor.py does the work)
+
+    @property
+    def predictor(self) -> Predictor:
+        """The model's predictor: eager PyTorch, or ONNX Runtime after `use_onnxruntime()`."""
+        if self._predictor is None:
+            self._predictor = Predictor(self, engine="eager")
+        return self._predictor
+
+    def use_onnxruntime(self) -> bool:
+        """Predict through ONNX Runtime (1.5-1.8x faster on CPU); False, staying eager, off the CPU or if export fails."""
+        self._predictor = Predictor(self, engine="onnxruntime")
+        return self._predictor.engine == "onnxruntime"
+
+    def analyse(self, image: str | Path | Image.Image, heatmap: bool = False):
+        """The whole `Prediction` for an image file (read like the app reads uploads) or a PIL image."""
+        return self.predictor.predict_image(image, heatmap=heatmap)
+
+    def predict(self, image: str | Path | Image.Image) -> dict[str, float]:
+        """`{label: calibrated probability}` for an image file (JPEG, PNG, DICOM...) or a PIL image (any mode)."""
+        return self.analyse(image).probabilities
+
+    # Save / load
+
+    def transformers_config(self) -> dict:
+        """Keys that let `transformers` load the same folder with `trust_remote_code=True`."""
+        return {
+            "model_type": "pneumonia_classifier",
+            "architectures": ["PneumoniaForImageClassification"],
+            "auto_map": {"AutoConfig": "modeling_pneumonia.PneumoniaConfig",
+                         "AutoModelForImageClassification": "modeling_pneumonia.PneumoniaForImageClassification"},
+            # pipeline("image-classification", trust_remote_code=True) ranks the decided label first
+            "custom_pipelines": {"image-classification": {
+                "impl": "modeling_pneumonia.PneumoniaClassificationPipeline",
+                "pt": ["AutoModelForImageClassification"], "type": "image"}},
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {label: i for i, label in enumerate(self.labels)},
+            "num_features": self.backbone.num_features,
+            # transformers' stock TimmWrapperImageProcessor reads these from config.json
+            "image_processor_type": "TimmWrapperImageProcessor",
+            "pretrained_cfg": self.preprocessing,
+        }
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Weights (safetensors), one config.json for both loaders (and the image processor), the remote code."""
+        super()._save_pretrained(save_directory)
+        config = {**self._hub_mixin_config, **self.transformers_config()}
+        (save_directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        shutil.copy(REMOTE_CODE, save_directory / REMOTE_CODE.name)
+
+
+def load_model(model_id: str, onnxruntime: bool = True) -> PneumoniaClassifier:
+    """A trainer output folder or Hub repo, ready to serve (through ONNX Runtime unless `onnxruntime` is False);
+    ModelNotFound, saying what to do, when there is none."""
+    try:
+        model = PneumoniaClassifier.from_pretrained(model_id)
+    except Exception as error:  # a missing folder, an unknown repo and an offline Hub raise different types
+        raise ModelNotFound(
+            f"No model could be loaded from {model_id!r} ({type(error).__name__}: {error}).\n"
+            "Train one with `python -m trainer --output_dir outputs` (add --no_pretrained offline), or give a folder "
+            "saved by the trainer (outputs/best) or a Hub repo id such as NAME/REPO."
+        ) from error
+    if onnxruntime:
+        model.use_onnxruntime()
+    return model

@@ -1,0 +1,146 @@
+"""One serving path: every entry point gives the same answer, heatmaps are Grad-CAM's and never mix between
+concurrent visitors, one reader with one set of errors, and serving code that never imports training code."""
+
+import ast
+import csv
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from serving import InputImageError, PneumoniaClassifier
+from serving.heatmap import grad_cam, upsample
+from tests.app_inputs import bad_uploads, dicom_variants
+from tests.conftest import REPO_ROOT, SAMPLE_DIR, pipeline_answers, sample_images
+from tests.hub_server import TOKEN, USER
+from trainer.model import model_for_training
+from trainer.push import push_run
+
+# Largest difference allowed between our Grad-CAM map and pytorch-grad-cam's, both scaled to [0, 1] at 224 x 224:
+# float32 rounding of two different computations of the same gradient (measured up to 6e-5).
+GRAD_CAM_TOLERANCE = 2e-4
+TEST_IMAGES = sorted((SAMPLE_DIR / "test").glob("*/*.jpeg"))
+
+
+@pytest.fixture(scope="module")
+def model(served_run):
+    return PneumoniaClassifier.from_pretrained(served_run / "best")
+
+
+def reference_grad_cam(model, image, class_index: int) -> np.ndarray:
+    pixel_values = model.transform(image).unsqueeze(0).requires_grad_(True)  # the backbone is frozen
+    with GradCAM(model=model, target_layers=[model.backbone.layer4]) as cam:
+        return cam(input_tensor=pixel_values, targets=[ClassifierOutputTarget(class_index)])[0]
+
+
+@pytest.mark.parametrize("engine", ["eager", "onnxruntime"])
+def test_heatmap_equals_pytorch_grad_cam_on_the_last_stage(served_run, engine):
+    torch.manual_seed(0)
+    untrained = model_for_training("resnet18", False, 256, 0.5)  # a second model, with other maps
+    compared = 0
+    for candidate in (PneumoniaClassifier.from_pretrained(served_run / "best"), untrained):
+        if engine == "onnxruntime":
+            assert candidate.use_onnxruntime()
+        for path in sample_images("test", "NORMAL", 3) + sample_images("test", "PNEUMONIA", 3):
+            image = candidate.predictor.read(path)
+            _, _, feature_map = candidate.predictor.forward(candidate.transform(image).unsqueeze(0))
+            for class_index in (0, 1):
+                expected = reference_grad_cam(candidate, image, class_index)
+                ours = upsample(grad_cam(candidate, feature_map, [class_index])[0], (224, 224))
+                assert np.abs(ours - expected).max() <= GRAD_CAM_TOLERANCE, (path.name, class_index)
+                compared += expected.max() > 0.5  # a real map, not an all-zero one
+    assert compared >= 12
+
+
+def test_concurrent_visitors_get_the_heatmap_and_probabilities_of_their_own_image(app_url, model):
+    images = TEST_IMAGES[::12][:8]
+    assert len({p.name for p in images}) == 8
+    assert all(model.analyse(p, heatmap=True).heatmap.max() > 0 for p in images)  # every map shows something
+
+    def ask(path):
+        label, _, heatmap = Client(app_url, verbose=False).predict(handle_file(str(path)), api_name="/predict")
+        with Image.open(heatmap) as shown:
+            return label, np.asarray(shown.convert("RGB"))
+
+    one_at_a_time = [ask(path) for path in images]
+    with ThreadPoolExecutor(len(images)) as pool:
+        together = list(pool.map(ask, images))
+    assert len({shown.tobytes() for _, shown in one_at_a_time}) == 8
+    for path, (label, shown), (label_alone, shown_alone) in zip(images, together, one_at_a_time):
+        assert label == label_alone, path.name
+        assert np.array_equal(shown, shown_alone), f"{path.name}: heatmap differs by up to " \
+            f"{np.abs(shown.astype(int) - shown_alone).max()} grey levels"
+
+
+def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(served_run, model, app_url, hub,
+                                                                                  tmp_path):
+    assert model.threshold == pytest.approx(0.8)
+    project = {str(p): model.analyse(p) for p in TEST_IMAGES}
+    between = [p for p, answer in project.items() if 0.5 <= answer.probabilities["PNEUMONIA"] < model.threshold]
+    assert between, "no image lies between 0.5 and the threshold: the test could not tell argmax from decision"
+    assert all(project[p].decision == "NORMAL" for p in between)
+
+    # The batch CLI
+    output = tmp_path / "predictions.csv"
+    result = subprocess.run([sys.executable, "-m", "trainer.predict", str(SAMPLE_DIR / "test"), "--model",
+                             str(served_run / "best"), "--output", str(output)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cli = {row["path"]: row["prediction"] for row in csv.DictReader(output.open())}
+
+    # The Space (what a visitor sees first: the label's heading and the decision text)
+    def ask(path):
+        label, decision, _ = Client(app_url, verbose=False).predict(handle_file(path), api_name="/predict")
+        assert f"Model output: {label['label']}" in decision
+        return label["label"]
+
+    with ThreadPoolExecutor(4) as pool:
+        app = dict(zip(project, pool.map(ask, project)))
+
+    # The Hub model through transformers alone
+    model_id = f"{USER}/threshold-0.8"
+    push_run(served_run, model_id, token=TOKEN)
+    pipeline = dict(zip(project, pipeline_answers(model_id, list(project), tmp_path)))
+
+    for path, answer in project.items():
+        assert cli[path] == app[path] == pipeline[path][0]["label"] == answer.decision, path
+        by_label = {entry["label"]: entry for entry in pipeline[path]}
+        for label, probability in answer.probabilities.items():
+            assert by_label[label]["probability"] == pytest.approx(probability, abs=1e-4)
+        assert pipeline[path][0]["score"] >= 0.5 >= pipeline[path][1]["score"]
+
+
+def test_predict_reads_the_dicom_variants_the_app_reads(model, tmp_path):
+    expected = model.predict(Image.open(sample_images("test", "PNEUMONIA", 1)[0]).convert("L"))
+    for name, path in dicom_variants(tmp_path).items():
+        assert model.predict(path) == pytest.approx(expected, abs=2e-3), name
+
+
+def test_predict_refuses_unusable_files_with_the_apps_messages(model, tmp_path):
+    for case, (path, phrase) in bad_uploads(tmp_path).items():
+        with pytest.raises(InputImageError, match=phrase):
+            model.predict(path)
+    with pytest.raises(InputImageError, match="No such file"):
+        model.predict(tmp_path / "mistyped.jpeg")
+
+
+def test_serving_code_never_imports_training_code():
+    code = ("import sys, pkgutil, importlib, serving\n"
+            "for module in pkgutil.walk_packages(serving.__path__, 'serving.'):\n"
+            "    if module.name != 'serving.hub_files.modeling_pneumonia':  # runs under transformers only\n"
+            "        importlib.import_module(module.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'trainer'))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse((REPO_ROOT / "app.py").read_text()))
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in
+                (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+    assert "serving" in imported and "trainer" not in imported
