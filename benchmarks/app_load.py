@@ -1,13 +1,21 @@
 """Load test of the Gradio app: N concurrent gradio_client users vs one user, in the same run.
 
 Starts `python app.py` on a free loopback port (or uses --url), sends real bundled X-rays to
-/predict and prints errors, p50/p95 latency and throughput for 1 client and for N clients.
+/predict and prints errors, p50/p95 latency, throughput and CPU per request (the app's process and
+this one's) for 1 client and for N clients. Each request uploads an X-ray and fetches its heatmap.
 
-    python benchmarks/app_load.py --model outputs/best --clients 16 --requests 4
+`--client gradio_client` (default) is what Python users run; it spends about 230 ms of CPU per request
+in this process, on the same cores as the app. `--client http` speaks Gradio's REST API directly
+(upload, /gradio_api/call/predict, its event stream, the heatmap's URL) with httpx, at ~15 ms of CPU a
+request, so the numbers are the app's own.
+
+    python benchmarks/app_load.py --model outputs/best --clients 16 --requests 4 [--client http]
 """
 
 import argparse
+import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -17,6 +25,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 from gradio_client import Client, handle_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,30 +52,79 @@ def start_app(model: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit("app.py did not start; check MODEL_ID / --model")
 
 
-def one_user(url: str, requests: int, offset: int) -> tuple[list[float], int]:
+class GradioClientUser:
+    """One visitor through gradio_client, as a Python user calls the Space."""
+
+    def __init__(self, url: str):
+        self.client = Client(url, verbose=False)
+
+    def predict(self, image: Path) -> None:
+        self.client.predict(handle_file(str(image)), api_name="/predict")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class HttpUser:
+    """One visitor through Gradio's REST API, with httpx: upload, call, read the event stream, fetch the heatmap."""
+
+    def __init__(self, url: str):
+        self.url, self.http = url, httpx.Client(timeout=120)
+
+    def predict(self, image: Path) -> None:
+        uploaded = self.http.post(f"{self.url}gradio_api/upload", files={"files": (image.name, image.read_bytes())})
+        data = [{"path": uploaded.raise_for_status().json()[0], "meta": {"_type": "gradio.FileData"}}]
+        event = self.http.post(f"{self.url}gradio_api/call/predict", json={"data": data}).raise_for_status().json()
+        with self.http.stream("GET", f"{self.url}gradio_api/call/predict/{event['event_id']}") as stream:
+            lines = list(stream.iter_lines())
+        if "event: complete" not in lines:
+            raise RuntimeError(f"the app answered {lines[-2:]}")
+        outputs = json.loads(lines[lines.index("event: complete") + 1].removeprefix("data:"))
+        self.http.get(outputs[2]["url"]).raise_for_status()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+USERS = {"gradio_client": GradioClientUser, "http": HttpUser}
+
+
+def one_user(user_class, url: str, requests: int, offset: int) -> tuple[list[float], int]:
     """Latencies (s) of `requests` predictions and the number of failed ones."""
-    client = Client(url, verbose=False)
+    user = user_class(url)
     latencies, errors = [], 0
     for i in range(requests):
-        image = IMAGES[(offset + i) % len(IMAGES)]
         started = time.perf_counter()
         try:
-            client.predict(handle_file(str(image)), api_name="/predict")
+            user.predict(IMAGES[(offset + i) % len(IMAGES)])
             latencies.append(time.perf_counter() - started)
         except Exception:  # count every failure, whatever its type
             errors += 1
+    user.close()
     return latencies, errors
 
 
-def run(url: str, clients: int, requests: int) -> dict:
-    started = time.perf_counter()
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far by process `pid` (user + system), or by this process when None."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(user_class, url: str, clients: int, requests: int, app_pid: int | None) -> dict:
+    started, app_cpu, own_cpu = time.perf_counter(), cpu_seconds(app_pid) if app_pid else 0.0, cpu_seconds(None)
     with ThreadPoolExecutor(clients) as pool:
-        outcomes = list(pool.map(lambda c: one_user(url, requests, c * requests), range(clients)))
+        outcomes = list(pool.map(lambda c: one_user(user_class, url, requests, c * requests), range(clients)))
     wall = time.perf_counter() - started
     latencies = sorted(x for latency_list, _ in outcomes for x in latency_list)
+    done = len(latencies)
     return {"clients": clients, "requests": clients * requests, "errors": sum(e for _, e in outcomes),
-            "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * latencies[int(0.95 * (len(latencies) - 1))],
-            "throughput": len(latencies) / wall}
+            "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * latencies[int(0.95 * (done - 1))],
+            "throughput": done / wall,
+            "app_cpu_ms": 1000 * (cpu_seconds(app_pid) - app_cpu) / done if app_pid else float("nan"),
+            "client_cpu_ms": 1000 * (cpu_seconds(None) - own_cpu) / done}
 
 
 def main() -> None:
@@ -75,20 +133,26 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="Use an app already running here instead of starting one.")
     parser.add_argument("--clients", type=int, default=16, help="Concurrent clients in the loaded run.")
     parser.add_argument("--requests", type=int, default=4, help="Requests per client.")
+    parser.add_argument("--client", choices=sorted(USERS), default="gradio_client",
+                        help="Load generator: gradio_client (what Python users run) or http (light, the app's own cost).")
     args = parser.parse_args()
 
+    user_class = USERS[args.client]
     process, url = (None, args.url) if args.url else start_app(args.model)
+    app_pid = process.pid if process else None
     try:
-        one_user(url, 2, 0)  # warm-up
-        single = run(url, 1, args.clients * args.requests // 4 or 1)
-        loaded = run(url, args.clients, args.requests)
+        one_user(user_class, url, 2, 0)  # warm-up
+        single = run(user_class, url, 1, args.clients * args.requests // 4 or 1, app_pid)
+        loaded = run(user_class, url, args.clients, args.requests, app_pid)
     finally:
         if process:
             process.terminate()
-    print(f"{'clients':>8}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>8}")
+    print(f"client: {args.client}")
+    print(f"{'clients':>8}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>8}{'app CPU ms/req':>16}"
+          f"{'client CPU ms/req':>19}")
     for row in (single, loaded):
         print(f"{row['clients']:>8}{row['requests']:>10}{row['errors']:>8}{row['p50_ms']:>10.0f}{row['p95_ms']:>10.0f}"
-              f"{row['throughput']:>8.2f}")
+              f"{row['throughput']:>8.2f}{row['app_cpu_ms']:>16.0f}{row['client_cpu_ms']:>19.0f}")
     print(f"throughput ratio {args.clients} clients / 1 client: {loaded['throughput'] / single['throughput']:.2f}x; "
           f"p50 latency ratio: {loaded['p50_ms'] / single['p50_ms']:.2f}x")
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 IMAGE_WEIGHT = 0.6  # how much of the radiograph shows through the colour map
+JET = matplotlib.colormaps["jet"](np.arange(256))[:, :3].astype(np.float32)  # 256 levels, as 8-bit colour maps have
 
 
 def grad_cam(model, feature_maps: torch.Tensor, class_indices: Sequence[int]) -> np.ndarray:
@@ -41,7 +42,7 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def overlay(image: Image.Image, cam: np.ndarray) -> Image.Image:
     """The map in the jet colour map, blended over `image` at the image's own size (RGB)."""
-    colours = matplotlib.colormaps["jet"](upsample(cam, image.size))[..., :3]
+    colours = JET[np.uint8(255 * upsample(cam, image.size))]
     shown = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     blended = (1 - IMAGE_WEIGHT) * colours + IMAGE_WEIGHT * shown
     return Image.fromarray(np.uint8(255 * blended / blended.max()))
