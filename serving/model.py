@@ -11,6 +11,7 @@ from pathlib import Path
 import timm
 import torch
 from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
 from torch import nn
 
@@ -191,7 +192,7 @@ def load_model(model_id: str, onnxruntime: bool = True) -> PneumoniaClassifier:
     ModelNotFound, saying what to do, when there is none."""
     try:
         model = PneumoniaClassifier.from_pretrained(model_id)
-    except Exception as error:  # a missing folder, an unknown repo and an offline Hub raise different types
+    except (OSError, ValueError, EntryNotFoundError) as error:  # no folder, unknown repo, offline Hub, bad id
         raise ModelNotFound(
             f"No model could be loaded from {model_id!r} ({type(error).__name__}: {error}).\n"
             "Train one with `python -m trainer --output_dir outputs` (add --no_pretrained offline), or give a folder "

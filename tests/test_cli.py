@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -91,3 +92,39 @@ def test_report_to_tensorboard_writes_per_epoch_metrics(tmp_path):
     events = EventAccumulator(str(event_files[0].parent)).Reload()
     assert [e.step for e in events.Scalars("val_accuracy")] == [1, 2]
     assert {"train_loss", "val_loss", "lr"} <= set(events.Tags()["scalars"])
+
+
+def test_rerunning_over_resumable_states_stops_and_names_both_ways_out(trained_run, tmp_path):
+    from tests.conftest import FAST_TRAINING
+    from trainer.train import main
+
+    earlier = tmp_path / "earlier"
+    shutil.copytree(trained_run[0], earlier)
+    states = sorted(p.name for p in (earlier / "checkpoints").iterdir())
+    with pytest.raises(ValueError) as error:
+        main([*FAST_TRAINING, "--num_train_epochs", "1", "--output_dir", str(earlier)])
+    message = str(error.value)
+    assert str(earlier / "checkpoints") in message
+    assert "--resume_from_checkpoint latest" in message and "--overwrite_output_dir" in message
+    assert sorted(p.name for p in (earlier / "checkpoints").iterdir()) == states  # nothing was deleted
+    main([*FAST_TRAINING, "--num_train_epochs", "1", "--output_dir", str(earlier), "--overwrite_output_dir"])
+    assert sorted(p.name for p in (earlier / "checkpoints").iterdir()) == ["checkpoint_0"]
+
+
+@pytest.mark.parametrize("command, problem, phrase", [
+    ("trainer.evaluation", "missing model", "No model could be loaded from"),
+    ("trainer.evaluation", "wrong data folder", "does not exist"),
+    ("trainer.predict", "missing model", "No model could be loaded from"),
+    ("trainer.predict", "mistyped image path", "No such file or folder"),
+])
+def test_evaluation_and_predict_answer_user_errors_in_one_line(trained_run, tmp_path, command, problem, phrase):
+    model = str(tmp_path / "no-model") if problem == "missing model" else str(trained_run[0] / "best")
+    data = str(tmp_path / "no-data") if problem == "wrong data folder" else str(SAMPLE_DIR)
+    image = str(tmp_path / "scna.jpeg") if problem == "mistyped image path" else str(SAMPLE_DIR / "test")
+    arguments = (["--model", model, "--data_dir", data, "--output_dir", str(tmp_path / "out")]
+                 if command == "trainer.evaluation" else [image, "--model", model, "--output", str(tmp_path / "p.csv")])
+    result = run("-m", command, *arguments, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and phrase in error_lines[0], result.stderr[-1000:]

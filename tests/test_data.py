@@ -44,6 +44,18 @@ def test_validation_split_is_grouped_and_depends_on_seed():
     assert set(other["file_name"]) != set(held_out["file_name"])
 
 
+@pytest.mark.parametrize("fraction", [0.1, 0.15, 0.3, 0.45])
+def test_validation_gets_the_fraction_asked_for_within_one_patient_in_each_class(fraction):
+    train = load_chest_xray(SAMPLE_DIR)["train"]
+    kept, held_out = split_by_patient(train, fraction, seed=0)
+    patients = [patient_id(f) for f in train["file_name"]]
+    largest_patient = max(patients.count(p) for p in set(patients))
+    for label in (0, 1):
+        in_class = train["label"].count(label)
+        assert abs(held_out["label"].count(label) - fraction * in_class) <= largest_patient / 2, label
+    assert {patient_id(f) for f in kept["file_name"]}.isdisjoint(patient_id(f) for f in held_out["file_name"])
+
+
 def test_extra_val_folder_is_ignored_with_a_log_line(sample_copy, caplog):
     shutil.copytree(sample_copy / "test", sample_copy / "val")
     with caplog.at_level(logging.INFO, logger="trainer.data"):

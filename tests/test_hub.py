@@ -135,6 +135,8 @@ def test_failed_push_at_the_end_of_training_keeps_the_run(tmp_path):
                             env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert result.returncode == 1
     assert f"retry with: python -m trainer.push {tmp_path}" in result.stderr
+    # The log is one line per epoch: Accelerate's checkpoint messages only with --log_level debug
+    assert "epoch 1: train_loss" in result.stderr and "accelerate.checkpointing" not in result.stderr
     for name in ("all_results.json", "confusion_matrix.png", "best/model.safetensors", "best/config.json"):
         assert (tmp_path / name).is_file(), name
 

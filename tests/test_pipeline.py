@@ -93,6 +93,8 @@ def test_splits_keep_patients_apart_and_classes_balanced(trained_run):
     val_patients = {patient_id(f) for f in splits["validation"]}
     assert train_patients.isdisjoint(val_patients)
     assert len(splits["train"]) + len(splits["validation"]) == 300 and len(splits["test"]) == 101
+    assert splits["validation_fraction"] == len(splits["validation"]) / 300
+    assert abs(splits["validation_fraction"] - splits["validation_fraction_requested"]) < 0.02
     assert set(splits["train"]).isdisjoint(splits["validation"])
 
     def normal_share(files):

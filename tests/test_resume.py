@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import FAST_TRAINING, REPO_ROOT
@@ -47,6 +49,18 @@ def test_sigterm_saves_a_state_that_resumes_to_the_uninterrupted_result(tmp_path
     assert all((straight[key] == resumed[key]).all() for key in straight)
     history = json.loads((tmp_path / "resumed" / "training_history.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, 41))
+
+
+def test_a_moved_and_renamed_checkpoint_resumes_to_the_same_result(tmp_path):
+    main([*RUN, "--num_train_epochs", "6", "--output_dir", str(tmp_path / "straight")])
+    moved = tmp_path / "backups" / "after epoch five"
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint_4", moved)
+    main([*RUN, "--num_train_epochs", "6", "--output_dir", str(tmp_path / "elsewhere"), "--resume_from_checkpoint",
+          str(moved)])
+    assert comparable(tmp_path / "elsewhere") == comparable(tmp_path / "straight")
+    assert [p.name for p in (tmp_path / "elsewhere" / "checkpoints").iterdir()] == ["checkpoint_0"]
+    with pytest.raises(ValueError, match="not a checkpoint folder written by this trainer"):
+        main([*RUN, "--output_dir", str(tmp_path / "other"), "--resume_from_checkpoint", str(tmp_path / "backups")])
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):

@@ -54,15 +54,41 @@ class StopOnSignal:
             signal.signal(signum, handler)
 
 
+PROGRESS_FILE = "custom_checkpoint_1.pkl"  # TrainingProgress, the second object registered for checkpointing
+
+
+def saved_checkpoints(output_dir: Path) -> dict[int, Path]:
+    """output_dir/checkpoints/checkpoint_N folders by N (Accelerate's automatic naming)."""
+    folders = (output_dir / "checkpoints").glob("checkpoint_*")
+    return {int(p.name.split("_")[-1]): p for p in folders if p.name.split("_")[-1].isdigit()}
+
+
 def resolve_checkpoint(value: str, output_dir: Path) -> Path:
-    """`latest` → the newest output_dir/checkpoints/checkpoint_N; otherwise the given folder."""
+    """`latest` → the newest output_dir/checkpoints/checkpoint_N; otherwise the given folder, named anything."""
     if value != "latest":
         path = Path(value)
     else:
-        found = sorted((output_dir / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+        found = saved_checkpoints(output_dir)
         if not found:
             raise ValueError(f"--resume_from_checkpoint latest: no checkpoint under {output_dir / 'checkpoints'}.")
-        path = found[-1]
-    if not path.is_dir():
-        raise ValueError(f"--resume_from_checkpoint: {path} is not a checkpoint folder.")
+        path = found[max(found)]
+    if not (path / PROGRESS_FILE).is_file():
+        raise ValueError(f"--resume_from_checkpoint: {path} is not a checkpoint folder written by this trainer "
+                         f"(no {PROGRESS_FILE}); give a folder from OUTPUT_DIR/checkpoints, or `latest`.")
     return path
+
+
+def next_checkpoint_number(output_dir: Path) -> int:
+    """The number the next automatically named checkpoint gets: after every one already there."""
+    return max(saved_checkpoints(output_dir), default=-1) + 1
+
+
+def check_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse to start afresh over an earlier run's resumable states unless told to (transformers'
+    --overwrite_output_dir convention); ValueError saying both ways out."""
+    states = output_dir / "checkpoints"
+    if resuming or overwrite or not saved_checkpoints(output_dir):
+        return
+    raise ValueError(f"{states} holds resumable states of an earlier run, which starting afresh would delete. "
+                     "Continue that run with --resume_from_checkpoint latest, or start afresh with "
+                     "--overwrite_output_dir (deletes them).")

@@ -19,6 +19,9 @@ class TrainingConfig:
                            "PNEUMONIA/). Defaults to the small real sample bundled with the repository.")
     val_fraction: float = option(0.1, "Fraction of train/ held out for validation, grouped by patient.")
     output_dir: str = option("outputs", "Where splits.json, best/, all_results.json and plots are written.")
+    overwrite_output_dir: bool = option(False, "Start afresh in an --output_dir that holds resumable states of an "
+                                        "earlier run, deleting them; without it such a run stops and says how to "
+                                        "continue it.")
     # Model
     model_name: str = option("resnet18", "timm backbone architecture.")
     pretrained: bool = option(True, "Start from ImageNet weights (downloaded from the Hub on first use); "
@@ -63,6 +66,8 @@ class TrainingConfig:
     hub_private_repo: bool = option(False, "Create the Hub repo as private.")
     report_to: str | None = option(None, "Experiment tracker for per-epoch metrics through Accelerate, e.g. "
                                    "tensorboard (logs under OUTPUT_DIR/runs; needs `pip install tensorboard`).")
+    log_level: str = option("info", "info: one line per epoch and the stages; debug: also Accelerate's and the "
+                            "Hub client's messages (checkpoint saving, weight loading).", choices=["info", "debug"])
     mixed_precision: str | None = option(None, "no, fp16 or bf16; default: what `accelerate launch` was configured with.",
                                          choices=["no", "fp16", "bf16"])
 

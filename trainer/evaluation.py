@@ -7,6 +7,7 @@ Training ends with this evaluation; to evaluate a saved model again (or on anoth
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import datasets
@@ -16,10 +17,10 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from serving import PneumoniaClassifier
+from serving.model import ModelNotFound, load_model
 
 from .calibration import brier_score, expected_calibration_error
-from .data import BUNDLED_SAMPLE, load_chest_xray, make_loader
+from .data import BUNDLED_SAMPLE, DatasetLayoutError, load_chest_xray, make_loader
 from .report import bootstrap_intervals, plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "pneumonia_metrics.py"
@@ -73,7 +74,7 @@ def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: data
 
     Writes per-image predictions and the ROC, PR and reliability plots; returns `test_` metrics.
     """
-    model = PneumoniaClassifier.from_pretrained(model_dir)
+    model = load_model(str(model_dir), onnxruntime=False)
     loader = make_loader(test, model.transform, batch_size, False, num_workers)
     prepared, loader = accelerator.prepare(model, loader)
     labels, logits = predict_loader(prepared, loader, accelerator, description="test")
@@ -114,11 +115,14 @@ def main(argv=None) -> dict:
 
     accelerator = Accelerator()
     output_dir = Path(args.output_dir)
-    test = load_chest_xray(args.data_dir)["test"]
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    results = evaluate_on_test(accelerator, args.model, test, Path(args.data_dir) / "test", output_dir,
-                               args.per_device_eval_batch_size, args.num_workers)
+    try:
+        test = load_chest_xray(args.data_dir)["test"]
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        results = evaluate_on_test(accelerator, args.model, test, Path(args.data_dir) / "test", output_dir,
+                                   args.per_device_eval_batch_size, args.num_workers)
+    except (DatasetLayoutError, ModelNotFound) as error:
+        sys.exit(f"error: {error}")
     if accelerator.is_main_process:
         write_json(results, output_dir / "eval_results.json")
         plot_confusion_matrix(results["test_confusion_matrix"], results["test_confusion_matrix_labels"],

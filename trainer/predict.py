@@ -26,9 +26,12 @@ from serving.predictor import Prediction, Predictor
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
-    """The files named, and every image file under the folders named, in a stable order."""
+    """The files named, and every image file under the folders named, in a stable order; InputImageError
+    naming a path that does not exist (a typo should stop the run, not become a CSV row)."""
     paths = []
     for name in map(Path, inputs):
+        if not name.exists():
+            raise InputImageError(f"No such file or folder: {name}. Check the path.")
         paths += sorted(p for p in name.rglob("*") if p.suffix.lower() in ACCEPTED_SUFFIXES) if name.is_dir() else [name]
     return paths
 
@@ -100,12 +103,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     try:
+        paths = image_paths(args.paths)
         model = load_model(args.model, onnxruntime=not args.eager)
-    except ModelNotFound as error:
+    except (InputImageError, ModelNotFound) as error:
         sys.exit(f"error: {error}")
     if args.heatmaps:
         args.heatmaps.mkdir(parents=True, exist_ok=True)
-    rows = predict_files(model.predictor, image_paths(args.paths), args.batch_size, args.num_workers, args.heatmaps)
+    rows = predict_files(model.predictor, paths, args.batch_size, args.num_workers, args.heatmaps)
     with open(args.output, "w", newline="") as file:
         columns = ["path", "prediction", *model.labels, "looks_like_chest_xray", "guard_distance", "error"]
         writer = csv.DictWriter(file, fieldnames=columns + ["heatmap"] * bool(args.heatmaps))

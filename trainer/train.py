@@ -4,6 +4,7 @@
 """
 
 import itertools
+import logging
 import shutil
 import time
 from dataclasses import asdict
@@ -20,7 +21,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .calibration import choose_threshold, fit_temperature
-from .checkpointing import StopOnSignal, TrainingInterrupted, TrainingProgress, resolve_checkpoint
+from .checkpointing import (
+    StopOnSignal,
+    TrainingInterrupted,
+    TrainingProgress,
+    check_output_dir,
+    next_checkpoint_number,
+    resolve_checkpoint,
+)
 from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest, train_transform
 from .evaluation import evaluate_on_test, results_table, write_json
@@ -191,7 +199,7 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
     if config.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(config.resume_from_checkpoint, output_dir)
         accelerator.load_state(checkpoint)
-        accelerator.project_configuration.iteration = int(checkpoint.name.split("_")[-1]) + 1
+        accelerator.project_configuration.iteration = next_checkpoint_number(output_dir)
         logger.info("resumed from %s at epoch %d, batch %d", checkpoint, progress.epoch + 1, progress.step)
 
     with StopOnSignal() as stop:
@@ -265,9 +273,20 @@ def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits
             "decision_threshold": threshold, "threshold_strategy": config.threshold_strategy}
 
 
+def set_verbosity(log_level: str) -> None:
+    """`info`: the trainer's own lines (one per epoch); `debug`: also the libraries' chatter (Accelerate's
+    checkpoint saving, ~15 lines an epoch, and the Hub client's weight loading)."""
+    for library in ("accelerate", "huggingface_hub"):
+        logging.getLogger(library).setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
+
+
 def main(argv=None) -> dict:
     """Run every stage; returns what was written to output_dir/all_results.json."""
     config = parse_config(argv)
+    check_output_dir(Path(config.output_dir), bool(config.resume_from_checkpoint), config.overwrite_output_dir)
+    if config.resume_from_checkpoint:
+        resolve_checkpoint(config.resume_from_checkpoint, Path(config.output_dir))  # a wrong path fails now, not later
+    set_verbosity(config.log_level)
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "runs"),
                                    automatic_checkpoint_naming=True, total_limit=config.checkpoint_total_limit)
     # Seedable sampler: epoch e's shuffle depends on (seed, e) only, so a resumed run replays it exactly.
@@ -285,7 +304,8 @@ def main(argv=None) -> dict:
     logger.info("split sizes: %s", {name: len(part) for name, part in splits.items()})
     if accelerator.is_main_process:
         if not config.resume_from_checkpoint and (output_dir / "checkpoints").is_dir():
-            logger.info("starting afresh: removing old resumable states in %s", output_dir / "checkpoints")
+            logger.info("starting afresh (--overwrite_output_dir): removing resumable states in %s",
+                        output_dir / "checkpoints")
             shutil.rmtree(output_dir / "checkpoints")
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(split_manifest(splits, config.val_fraction, config.seed), output_dir / "splits.json")
