@@ -58,6 +58,9 @@ def test_a_moved_and_renamed_checkpoint_resumes_to_the_same_result(tmp_path):
     main([*RUN, "--num_train_epochs", "6", "--output_dir", str(tmp_path / "elsewhere"), "--resume_from_checkpoint",
           str(moved)])
     assert comparable(tmp_path / "elsewhere") == comparable(tmp_path / "straight")
+    straight = load_file(tmp_path / "straight" / "best" / "model.safetensors")
+    elsewhere = load_file(tmp_path / "elsewhere" / "best" / "model.safetensors")
+    assert all((straight[key] == elsewhere[key]).all() for key in straight)  # also when epoch 6 was not the best
     assert [p.name for p in (tmp_path / "elsewhere" / "checkpoints").iterdir()] == ["checkpoint_0"]
     with pytest.raises(ValueError, match="not a checkpoint folder written by this trainer"):
         main([*RUN, "--output_dir", str(tmp_path / "other"), "--resume_from_checkpoint", str(tmp_path / "backups")])

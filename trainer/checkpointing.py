@@ -25,11 +25,13 @@ class TrainingProgress:
         self.epoch_sums = {"losses": [], "correct": 0, "seen": 0}
         self.epoch_rng = torch.get_rng_state()
         self.best: dict | None = None
+        self.best_head: dict | None = None  # the best epoch's head weights: best/ can be rebuilt from a moved checkpoint
         self.history: list[dict] = []
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "epoch_sums": self.epoch_sums,
-                "epoch_rng": self.epoch_rng, "best": self.best, "history": self.history}
+                "epoch_rng": self.epoch_rng, "best": self.best, "best_head": self.best_head,
+                "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():

@@ -3,6 +3,7 @@
     accelerate launch -m trainer --data_dir path/to/chest_xray --output_dir outputs/run1
 """
 
+import copy
 import itertools
 import logging
 import shutil
@@ -201,6 +202,8 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
         accelerator.load_state(checkpoint)
         accelerator.project_configuration.iteration = next_checkpoint_number(output_dir)
         logger.info("resumed from %s at epoch %d, batch %d", checkpoint, progress.epoch + 1, progress.step)
+        if progress.best_head is not None and accelerator.is_main_process and not (output_dir / "best").is_dir():
+            save_best_model(accelerator.unwrap_model(model), progress.best_head, output_dir)
 
     with StopOnSignal() as stop:
         while progress.epoch < config.num_train_epochs:
@@ -223,6 +226,13 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
     return progress.best
 
 
+def save_best_model(model, best_head: dict, output_dir: Path) -> None:
+    """Write output_dir/best/ from the best epoch's head weights (resuming into a new folder from a moved checkpoint)."""
+    best = copy.deepcopy(model)
+    best.head.load_state_dict(best_head)
+    best.save_pretrained(output_dir / "best")
+
+
 def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, scheduler, progress: TrainingProgress,
                  output_dir: Path, seconds: float) -> None:
     """Validate, step the scheduler, log, keep the best model and move progress to the next epoch."""
@@ -240,6 +250,7 @@ def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, s
                 val["balanced_accuracy"], record["lr"], seconds)
     if is_better(val, progress.best, config.metric_for_best_model):
         progress.best = {**val, "epoch": record["epoch"]}
+        progress.best_head = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).head.state_dict().items()}
         if accelerator.is_main_process:
             accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
     accelerator.wait_for_everyone()
