@@ -300,9 +300,12 @@ def main(argv=None) -> dict:
     set_verbosity(config.log_level)
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "runs"),
                                    automatic_checkpoint_naming=True, total_limit=config.checkpoint_total_limit)
-    # Seedable sampler: epoch e's shuffle depends on (seed, e) only, so a resumed run replays it exactly.
+    # Seedable sampler: epoch e's shuffle depends on (seed, e) only, so a resumed run replays it exactly. data_seed
+    # pins it: by default Accelerate takes torch's initial seed at prepare(), which feature extraction moves (one
+    # set_seed per view), so a run on a warm feature cache would shuffle differently from the run that built it.
     accelerator = Accelerator(mixed_precision=config.mixed_precision, project_config=project,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                                        data_seed=config.seed),
                               log_with=config.report_to)
     output_dir = Path(config.output_dir)
     set_seed(config.seed)
