@@ -1,10 +1,13 @@
-"""Batch prediction CLI (ONNX Runtime): every file gets a row equal to eager single-image analysis; bad files are reported."""
+"""Batch prediction CLI (ONNX Runtime): every file gets a row equal to eager single-image analysis, and a heatmap;
+bad files are reported."""
 
 import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from dataset_scripts.non_xray_images import non_xray_images
 from tests.conftest import REPO_ROOT, SAMPLE_DIR
@@ -20,7 +23,8 @@ def test_batch_predictions_match_predict_and_report_bad_files(trained_run, tmp_p
     output = tmp_path / "preds.csv"
     result = subprocess.run([sys.executable, "-m", "trainer.predict", str(SAMPLE_DIR / "test"), str(photo), str(broken),
                              "--model", str(model_dir), "--output", str(output), "--batch_size", "16",
-                             "--num_workers", "2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                             "--num_workers", "2", "--heatmaps", str(tmp_path / "heatmaps")], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(output.open()))
     assert len(rows) == 103 and "1 unreadable" in result.stdout
@@ -33,3 +37,12 @@ def test_batch_predictions_match_predict_and_report_bad_files(trained_run, tmp_p
         assert row["prediction"] == ("PNEUMONIA" if expected.probabilities["PNEUMONIA"] >= model.threshold else "NORMAL")
         assert float(row["guard_distance"]) == pytest.approx(expected.guard_distance, abs=2e-3)
         assert row["looks_like_chest_xray"] == str(expected.looks_like_xray)
+    # One Grad-CAM overlay per predicted image: the decision's map over the image as the model sees it
+    heatmaps = sorted((tmp_path / "heatmaps").iterdir())
+    assert len(heatmaps) == 102 and [row["heatmap"] for row in rows[:-1]] == [str(p) for p in heatmaps]
+    row = rows[7]
+    image = model.predictor.read(row["path"])
+    expected = model.analyse(image, heatmap=True).overlay(image.resize(model.input_size, Image.BILINEAR))
+    with Image.open(row["heatmap"]) as written:
+        assert written.size == (224, 224)
+        assert np.abs(np.asarray(written, dtype=int) - np.asarray(expected, dtype=int)).max() <= 2  # ORT vs eager
