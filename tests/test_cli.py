@@ -128,3 +128,34 @@ def test_evaluation_and_predict_answer_user_errors_in_one_line(trained_run, tmp_
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and phrase in error_lines[0], result.stderr[-1000:]
+
+
+def test_training_offline_with_local_imagenet_weights_records_their_hash(tmp_path):
+    """HF_HUB_OFFLINE=1: the real recipe runs from a local weights file; its sha256 lands in training_config.json
+    and the model card, and the trained backbone is the file's. A file for another architecture: one error line."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.test_model import saved_backbone
+    from trainer.model_card import build_model_card
+
+    weights = tmp_path / "resnet18.safetensors"
+    reference = saved_backbone("resnet18", weights)
+    common = ["-m", "trainer", "--num_train_epochs", "1", "--num_workers", "0", "--cache_views", "1"]
+    result = run(*common, "--pretrained_weights", str(weights), "--output_dir", str(tmp_path / "out"),
+                 env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    recorded = json.loads((tmp_path / "out" / "training_config.json").read_text())
+    assert recorded["pretrained_weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    trained = load_file(tmp_path / "out" / "best" / "model.safetensors")
+    assert torch.equal(trained["backbone.layer4.1.conv2.weight"], reference["layer4.1.conv2.weight"])
+    card = str(build_model_card(tmp_path / "out", "someone/pneumonia"))
+    assert f"sha256 `{recorded['pretrained_weights_sha256']}`" in card
+
+    saved_backbone("resnet34", tmp_path / "resnet34.pth")
+    result = run(*common, "--pretrained_weights", str(tmp_path / "resnet34.pth"), "--output_dir", str(tmp_path / "x"),
+                 env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "does not fit a resnet18 backbone: 0 missing keys; 80 unexpected keys" in result.stderr

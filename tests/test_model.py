@@ -1,5 +1,8 @@
 """The model: frozen backbone, trainable head, save/reload, class weights, optimizer and scheduler."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -111,3 +114,84 @@ def test_pretrained_loading_fails_fast_and_names_the_fix(monkeypatch):
     with pytest.raises(PretrainedWeightsUnavailable, match="--no_pretrained"):
         model_for_training("resnet18", pretrained=True, head_hidden_dim=8, dropout=0.0)
     assert time.perf_counter() - started < 15
+
+
+def saved_backbone(model_name: str, path: Path) -> dict:
+    """A random-init timm model's full state_dict (classifier included, as ImageNet releases are) saved to `path`."""
+    import timm
+    from safetensors.torch import save_file
+
+    state_dict = timm.create_model(model_name).state_dict()
+    if path.suffix == ".safetensors":
+        save_file(state_dict, path)
+    else:
+        torch.save({"state_dict": state_dict}, path)
+    return state_dict
+
+
+@pytest.mark.parametrize("file_name", ["resnet18.safetensors", "resnet18.pth", "hf_download/model.safetensors"])
+def test_pretrained_weights_from_a_local_file_load_bit_exactly(tmp_path, file_name):
+    from trainer.model import weights_file
+
+    path = tmp_path / file_name
+    path.parent.mkdir(exist_ok=True)
+    reference = saved_backbone("resnet18", path)
+    if path.parent.name == "hf_download":  # the layout `hf download timm/resnet18.a1_in1k` writes
+        (path.parent / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 1000}))
+        path = path.parent
+    loaded = model_for_training("resnet18", True, 8, 0.0, weights_file(path, "resnet18")).backbone.state_dict()
+    assert loaded.keys() == {key for key in reference if not key.startswith("fc.") and "num_batches" not in key}
+    assert all(torch.equal(loaded[key], reference[key]) for key in loaded)
+
+
+def test_pretrained_weights_of_another_architecture_are_refused_with_the_keys(tmp_path):
+    from trainer.model import PretrainedWeightsUnavailable, weights_file
+
+    saved_backbone("resnet34", tmp_path / "resnet34.bin")
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"80 unexpected keys \['layer1.2.bn1.bias'"):
+        model_for_training("resnet18", True, 8, 0.0, weights_file(tmp_path / "resnet34.bin", "resnet18"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text(json.dumps({"architecture": "resnet50"}))
+    with pytest.raises(PretrainedWeightsUnavailable, match="weights for 'resnet50', not 'resnet18'"):
+        weights_file(tmp_path / "folder", "resnet18")
+    with pytest.raises(PretrainedWeightsUnavailable, match="no such file or folder"):
+        weights_file(tmp_path / "missing.safetensors", "resnet18")
+
+
+def test_hub_check_goes_through_the_proxy(monkeypatch):
+    """The availability check uses the Hub client's session, so HTTPS_PROXY / HTTP_PROXY apply: with the endpoint
+    a name that does not resolve, only the proxy (a recording server on loopback) can answer."""
+    import http.server
+    import threading
+
+    from huggingface_hub import close_session, constants
+
+    from trainer.model import hub_reachable
+
+    requested = []
+
+    class RecordingProxy(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            requested.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", "http://hub.invalid")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        close_session()  # the client reads proxy settings when it is created
+        assert hub_reachable()
+        assert requested == ["http://hub.invalid/"]
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy that is down: unreachable, quickly
+        close_session()
+        assert not hub_reachable()
+    finally:
+        close_session()
+        proxy.shutdown()

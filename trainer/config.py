@@ -27,6 +27,10 @@ class TrainingConfig:
     pretrained: bool = option(True, "Start from ImageNet weights (downloaded from the Hub on first use); "
                               "--no_pretrained starts from random weights, offline.",
                               flag="--no_pretrained")
+    pretrained_weights: str | None = option(None, "Read the backbone's ImageNet weights from a local file (timm or "
+                                            "torchvision state_dict: .safetensors, .pth, .bin) or a folder from "
+                                            "`hf download timm/resnet18.a1_in1k` instead of the Hub; never uses "
+                                            "the network. Its sha256 is recorded in training_config.json.")
     head_hidden_dim: int = option(256, "Width of the head's hidden layer.")
     dropout: float = option(0.5, "Dropout before the head's output layer.")
     # Optimisation
@@ -82,6 +86,8 @@ class TrainingConfig:
             raise ValueError(f"--cache_views must be 0 (no cache) or more, got {self.cache_views}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id NAME/REPO.")
+        if self.pretrained_weights and not self.pretrained:
+            raise ValueError("--pretrained_weights and --no_pretrained contradict each other: pass one of them.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}.")
 

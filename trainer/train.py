@@ -35,7 +35,7 @@ from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, s
 from .evaluation import evaluate_on_test, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, cached_features, extract_features_and_statistics
-from .model import PneumoniaClassifier, model_for_training
+from .model import PneumoniaClassifier, model_for_training, sha256, weights_file
 from .push import push_run
 from .report import plot_confusion_matrix, plot_training_curves
 
@@ -298,6 +298,7 @@ def main(argv=None) -> dict:
     if config.resume_from_checkpoint:
         resolve_checkpoint(config.resume_from_checkpoint, Path(config.output_dir))  # a wrong path fails now, not later
     set_verbosity(config.log_level)
+    weights = weights_file(config.pretrained_weights, config.model_name) if config.pretrained_weights else None
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "runs"),
                                    automatic_checkpoint_naming=True, total_limit=config.checkpoint_total_limit)
     # Seedable sampler: epoch e's shuffle depends on (seed, e) only, so a resumed run replays it exactly. data_seed
@@ -323,14 +324,16 @@ def main(argv=None) -> dict:
             shutil.rmtree(output_dir / "checkpoints")
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(split_manifest(splits, config.val_fraction, config.seed), output_dir / "splits.json")
-        write_json({k: v for k, v in asdict(config).items() if k != "hub_token"}, output_dir / "training_config.json")
+        write_json({k: v for k, v in asdict(config).items() if k != "hub_token"}
+                   | {"pretrained_weights_sha256": sha256(weights) if weights else None},
+                   output_dir / "training_config.json")
 
     if config.report_to:
         accelerator.init_trackers("pneumonia-detector", config={k: v if isinstance(v, (int, float, bool)) else str(v)
                                                                 for k, v in asdict(config).items() if k != "hub_token"})
 
     # Build the model
-    model = model_for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
+    model = model_for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout, weights)
 
     # Train!
     best = train(config, accelerator, model, splits, output_dir)
