@@ -77,14 +77,18 @@ def is_readable(path: Path) -> bool:
         return False
 
 
+def indented(items: list, shown: int = 20) -> str:
+    """One indented line per item (the first `shown`), for error messages that list files."""
+    more = [f"... and {len(items) - shown} more"] if len(items) > shown else []
+    return "".join(f"\n  {item}" for item in [*items[:shown], *more])
+
+
 def check_images(data_dir: Path) -> None:
     """Raise DatasetLayoutError naming every image under data_dir that cannot be decoded."""
     paths = [p for split in SPLIT_FOLDERS for c in CLASS_NAMES for p in image_files(data_dir / split / c)]
     unreadable = [p for p in paths if not is_readable(p)]
     if unreadable:
-        listing = "\n  ".join(str(p) for p in unreadable[:20])
-        more = f"\n  ... and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""
-        raise DatasetLayoutError(f"{len(unreadable)} image(s) cannot be decoded; delete or replace them:\n  {listing}{more}")
+        raise DatasetLayoutError(f"{len(unreadable)} image(s) cannot be decoded; delete or replace them:{indented(unreadable)}")
 
 
 def load_chest_xray(data_dir: str | Path, verify_images: bool = True) -> datasets.DatasetDict:

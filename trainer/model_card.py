@@ -29,6 +29,10 @@ def build_model_card(output_dir: Path, model_id: str) -> ModelCard:
     model_config = json.loads((output_dir / "best" / "config.json").read_text())
     results = json.loads((output_dir / "all_results.json").read_text())
     split_procedure = json.loads((output_dir / "splits.json").read_text())["procedure"]
+    recalibration_file = output_dir / "recalibration.json"  # trainer.recalibrate: a new site's operating point
+    recalibration = json.loads(recalibration_file.read_text()) if recalibration_file.is_file() else None
+    temperature, threshold = ((recalibration["changed"]["temperature"][1], recalibration["changed"]["threshold"][1])
+                              if recalibration else (results["temperature"], results["decision_threshold"]))
     card_data = ModelCardData(
         model_name=model_id,
         license="cc-by-4.0",
@@ -43,4 +47,4 @@ def build_model_card(output_dir: Path, model_id: str) -> ModelCard:
     return ModelCard.from_template(
         card_data, template_str=TEMPLATE.read_text(), model_id=model_id, config=config, results=results,
         preprocessing=model_config["preprocessing"], num_features=model_config["num_features"],
-        threshold=results["decision_threshold"], split_procedure=split_procedure)
+        threshold=threshold, temperature=temperature, split_procedure=split_procedure, recalibration=recalibration)

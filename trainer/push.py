@@ -17,6 +17,7 @@ from .model_card import build_model_card
 BEST_FILES = ["model.safetensors", "config.json", "modeling_pneumonia.py"]
 PLOTS = ["confusion_matrix.png", "roc_curve.png", "pr_curve.png", "reliability_diagram.png", "training_curves.png"]
 RUN_FILES = ["all_results.json", *PLOTS, "splits.json", "training_history.json", "training_config.json"]
+RECALIBRATION_FILES = ["recalibration.json", "recalibration_reliability.png"]  # written by trainer.recalibrate
 
 
 class PushError(RuntimeError):
@@ -32,6 +33,7 @@ def upload_operations(output_dir: Path, model_id: str) -> list[CommitOperationAd
     card = str(build_model_card(output_dir, model_id)).encode()
     return ([CommitOperationAdd(name, output_dir / "best" / name) for name in BEST_FILES]
             + [CommitOperationAdd(name, output_dir / name) for name in RUN_FILES]
+            + [CommitOperationAdd(name, output_dir / name) for name in RECALIBRATION_FILES if (output_dir / name).is_file()]
             + [CommitOperationAdd("README.md", card)])
 
 

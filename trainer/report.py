@@ -36,10 +36,12 @@ def stratified_resamples(labels: np.ndarray, resamples: int, seed: int) -> Itera
         yield np.concatenate([rng.choice(members, len(members)) for members in by_class])
 
 
-def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, resamples: int = 1000,
+def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray, resamples: int = 1000,
                         seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile intervals from stratified resampling (see `stratified_resamples`)."""
-    draws = [screening_metrics(labels[index], (scores[index] >= threshold).astype(int), scores[index])
+    """Percentile intervals from stratified resampling (see `stratified_resamples`); `threshold` is one value or
+    one per image (cross-fitted thresholds)."""
+    thresholds = np.broadcast_to(threshold, scores.shape)
+    draws = [screening_metrics(labels[index], (scores[index] >= thresholds[index]).astype(int), scores[index])
              for index in stratified_resamples(labels, resamples, seed)]
     values = {name: [draw[name] for draw in draws] for name in draws[0]}
     tail = (1 - level) / 2 * 100
@@ -77,11 +79,12 @@ def plot_precision_recall(labels, scores, path: Path) -> None:
     save(figure, path)
 
 
-def plot_reliability(labels, scores_before, scores_after, path: Path) -> None:
+def plot_reliability(labels, scores_before, scores_after, path: Path, title: str = "Reliability diagram, test set",
+                     names: tuple[str, str] = ("before temperature scaling", "after temperature scaling")) -> None:
     figure, axes = plt.subplots(figsize=(5, 5))
-    CalibrationDisplay.from_predictions(labels, scores_before, n_bins=10, ax=axes, name="before temperature scaling")
-    CalibrationDisplay.from_predictions(labels, scores_after, n_bins=10, ax=axes, name="after temperature scaling")
-    axes.set_title("Reliability diagram, test set")
+    CalibrationDisplay.from_predictions(labels, scores_before, n_bins=10, ax=axes, name=names[0])
+    CalibrationDisplay.from_predictions(labels, scores_after, n_bins=10, ax=axes, name=names[1])
+    axes.set_title(title)
     save(figure, path)
 
 
