@@ -83,7 +83,7 @@ def served_run(tmp_path_factory) -> Path:
 
     output_dir = tmp_path_factory.mktemp("served")
     main([*FAST_TRAINING, "--num_train_epochs", "20", "--learning_rate", "0.01", "--lr_patience", "5",
-          "--threshold_strategy", "fixed:0.8", "--output_dir", str(output_dir)])
+          "--metric_for_best_model", "loss", "--threshold_strategy", "fixed:0.8", "--output_dir", str(output_dir)])
     return output_dir
 
 
