@@ -124,8 +124,8 @@ def youden_j(labels: np.ndarray, scores: np.ndarray, thresholds) -> float:
 def test_cross_fitted_after_metrics_are_not_flattered_by_fitting_on_the_scored_images():
     """Logits that carry no information about the labels (30 + 30 images, 10 draws): a threshold chosen and scored
     on the same images finds a spurious edge (Youden's J above 0); cross-fitted, the edge is gone, as it should be."""
-    from trainer.calibration import choose_threshold
-    from trainer.recalibrate import cross_fitted, fit_operating_point
+    from trainer.calibration import choose_threshold, fit_operating_point
+    from trainer.recalibrate import cross_fitted
 
     labels = np.array([0] * 30 + [1] * 30)
     in_sample, after = [], []

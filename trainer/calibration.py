@@ -45,6 +45,14 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, strategy: str) -> f
     raise ValueError(f"Unknown --threshold_strategy {strategy!r}; use one of {', '.join(THRESHOLD_STRATEGIES)}.")
 
 
+def fit_operating_point(logits: torch.Tensor, labels: np.ndarray, strategy: str) -> tuple[float, float]:
+    """(temperature, threshold) fitted on these logits and labels: the temperature first, then the threshold on
+    the calibrated P(PNEUMONIA) by `strategy`."""
+    temperature = fit_temperature(logits, torch.from_numpy(labels))
+    scores = (logits / temperature).softmax(dim=-1)[:, 1].numpy()
+    return temperature, choose_threshold(labels, scores, strategy)
+
+
 def check_threshold_strategy(strategy: str) -> None:
     name, _, value = strategy.partition(":")
     try:

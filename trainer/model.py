@@ -59,8 +59,8 @@ def weights_file(path: str | Path, model_name: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         config = path / "config.json"
-        if config.is_file() and json.loads(config.read_text()).get("architecture", model_name) != model_name:
-            found = json.loads(config.read_text())["architecture"]
+        found = json.loads(config.read_text()).get("architecture", model_name) if config.is_file() else model_name
+        if found != model_name:
             raise PretrainedWeightsUnavailable(f"{path} holds weights for {found!r}, not {model_name!r}.")
         for name in WEIGHT_FILES:
             if (path / name).is_file():

@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from serving.images import ACCEPTED_SUFFIXES
 from serving.model import ModelNotFound, load_model
 
-from .calibration import brier_score, check_threshold_strategy, choose_threshold, expected_calibration_error, fit_temperature
+from .calibration import brier_score, check_threshold_strategy, expected_calibration_error, fit_operating_point
 from .data import CLASS_NAMES, indented, patient_id
 from .evaluation import write_json
-from .predict import ImageFiles, collate
+from .predict import ImageFiles, collate, image_paths
 from .push import RUN_FILES
 from .report import bootstrap_intervals, plot_reliability, screening_metrics
 
@@ -54,7 +54,7 @@ def site_images(site_dir: Path) -> tuple[list[Path], np.ndarray]:
                             "For a Kaggle-layout folder pass its test/ (or another labelled) subfolder.")
     paths, labels = [], []
     for label, name in enumerate(CLASS_NAMES):
-        files = sorted(p for p in (site_dir / name).rglob("*") if p.suffix.lower() in ACCEPTED_SUFFIXES)
+        files = image_paths([str(site_dir / name)])
         if len(files) < MIN_IMAGES_PER_CLASS:
             raise SiteDataError(f"{site_dir / name} holds {len(files)} images; recalibration needs at least "
                                 f"{MIN_IMAGES_PER_CLASS} per class ({', '.join(ACCEPTED_SUFFIXES)}).")
@@ -80,13 +80,6 @@ def site_logits(model, paths: list[Path], batch_size: int, num_workers: int) -> 
     if failures:
         raise SiteDataError(f"{len(failures)} site image(s) cannot be read; fix or remove them:{indented(failures)}")
     return torch.stack(logits), np.array(looks_like_xray)
-
-
-def fit_operating_point(logits: torch.Tensor, labels: np.ndarray, strategy: str) -> tuple[float, float]:
-    """(temperature, threshold) fitted on these images, as training fits them on validation."""
-    temperature = fit_temperature(logits, torch.from_numpy(labels))
-    scores = (logits / temperature).softmax(dim=-1)[:, 1].numpy()
-    return temperature, choose_threshold(labels, scores, strategy)
 
 
 def cross_fitted(logits: torch.Tensor, labels: np.ndarray, groups: list[str], strategy: str,

@@ -21,7 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .calibration import choose_threshold, fit_temperature
+from .calibration import fit_operating_point
 from .checkpointing import (
     StopOnSignal,
     TrainingInterrupted,
@@ -271,10 +271,8 @@ def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits
     guard = fit_feature_guard(train_statistics, val_statistics)
     with torch.inference_mode():
         val_logits = model.head(torch.from_numpy(val_features).to(accelerator.device)).float().cpu()
-    val_labels = torch.tensor(splits["validation"]["label"])
-    temperature = fit_temperature(val_logits, val_labels)
-    val_scores = (val_logits / temperature).softmax(dim=-1)[:, 1].numpy()
-    threshold = choose_threshold(val_labels.numpy(), val_scores, config.threshold_strategy)
+    temperature, threshold = fit_operating_point(val_logits, np.array(splits["validation"]["label"]),
+                                                 config.threshold_strategy)
     if accelerator.is_main_process:
         model.set_feature_guard(**guard)
         model.set_operating_point(temperature, threshold)
