@@ -150,10 +150,13 @@ def test_two_process_cached_run_evaluates_every_test_image_once(tmp_path):
                                 timeout=600, env=cpu_only)
         first_error = max(result.stderr.find("Traceback"), 0)  # the failing rank's own error, not the launcher's
         assert result.returncode == 0, result.stderr[first_error:first_error + 3000]
+        return result.stderr
 
     output_dir = tmp_path / "ddp"
-    run("accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "trainer", *FAST_TRAINING,
-        "--num_train_epochs", "1", "--cache_views", "2", "--output_dir", str(output_dir))
+    log = run("accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "trainer", *FAST_TRAINING,
+              "--num_train_epochs", "1", "--cache_views", "2", "--output_dir", str(output_dir))
+    # The two processes split the cores instead of each taking all of them (trainer/threads.py)
+    assert log.count(f"torch threads: {max(1, len(os.sched_getaffinity(0)) // 2)}\n") == 2
     distributed = json.loads((output_dir / "all_results.json").read_text())
     assert distributed["test_samples"] == 101 and sum(map(sum, distributed["test_confusion_matrix"])) == 101
     run("trainer.evaluation", "--model", str(output_dir / "best"), "--output_dir", str(tmp_path / "single"),

@@ -38,6 +38,7 @@ from .features import CachedViews, cached_features, extract_features_and_statist
 from .model import PneumoniaClassifier, model_for_training, sha256, weights_file
 from .push import push_run
 from .report import plot_confusion_matrix, plot_training_curves
+from .threads import use_available_cores
 
 logger = get_logger(__name__)
 
@@ -296,6 +297,7 @@ def main(argv=None) -> dict:
     if config.resume_from_checkpoint:
         resolve_checkpoint(config.resume_from_checkpoint, Path(config.output_dir))  # a wrong path fails now, not later
     set_verbosity(config.log_level)
+    use_available_cores()
     weights = weights_file(config.pretrained_weights, config.model_name) if config.pretrained_weights else None
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "runs"),
                                    automatic_checkpoint_naming=True, total_limit=config.checkpoint_total_limit)

@@ -1,0 +1,52 @@
+"""CPU threads under the README's command: real `accelerate launch` runs of a probe that does what the trainer
+does first (trainer.threads.use_available_cores) and prints torch's thread count. Two CPU processes splitting
+the cores: tests/test_features.py's two-process run."""
+
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from trainer.threads import is_accelerate_launch, user_chose_threads
+
+PROBE = """import logging
+import torch
+from trainer.threads import use_available_cores
+logging.basicConfig(level=logging.INFO)  # as trainer/__main__.py does
+use_available_cores()
+print("torch threads", torch.get_num_threads(), flush=True)
+"""
+CORES = len(os.sched_getaffinity(0))
+
+
+def launched_threads(tmp_path, launch_args: list[str], **env) -> tuple[list[int], str]:
+    """Thread counts printed by each launched process, and the launch's stderr."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    clean_env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run(["accelerate", "launch", *launch_args, str(probe)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300, env=clean_env | {"PYTHONPATH": str(REPO_ROOT)} | env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = [int(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("torch threads")]
+    return counts, result.stderr
+
+
+@pytest.mark.skipif(CORES < 2, reason="needs 2 cores to tell the cores from accelerate's default of 1")
+def test_the_readme_command_uses_every_core(tmp_path):
+    counts, log = launched_threads(tmp_path, [])
+    assert counts == [CORES]
+    assert "accelerate launch set OMP_NUM_THREADS=1 by default" in log
+
+
+def test_a_thread_count_set_in_the_shell_is_kept(tmp_path):
+    counts, log = launched_threads(tmp_path, [], OMP_NUM_THREADS="1")
+    assert counts == [1] and "by default" not in log
+
+
+@pytest.mark.parametrize("launcher_command", [["--num_cpu_threads_per_process", "1"],
+                                              ["--num_cpu_threads_per_process=1"]])
+def test_a_thread_count_given_to_the_launcher_is_kept(launcher_command):
+    command = ["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", *launcher_command, "-m", "trainer"]
+    assert is_accelerate_launch(command) and user_chose_threads({}, command)
+    assert not user_chose_threads({}, command[:3] + command[-2:])
