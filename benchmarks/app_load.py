@@ -2,7 +2,8 @@
 
 Starts `python app.py` on a free loopback port (or uses --url), sends real bundled X-rays to
 /predict and prints errors, p50/p95 latency, throughput and CPU per request (the app's process and
-this one's) for 1 client and for N clients. Each request uploads an X-ray and fetches its heatmap.
+this one's) for 1 client and for N clients. Each request uploads an X-ray and fetches its Grad-CAM overlay;
+every `--batch_every`-th request of a client screens 4 X-rays at once (/screen) and fetches the CSV.
 
 `--client gradio_client` (default) is what Python users run; it spends about 230 ms of CPU per request
 in this process, on the same cores as the app. `--client http` speaks Gradio's REST API directly
@@ -29,6 +30,10 @@ import httpx
 from gradio_client import Client, handle_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from serving.heatmap import HEATMAP_OPACITY  # noqa: E402
+
 IMAGES = sorted((REPO_ROOT / "sample_data" / "chest_xray" / "test").glob("*/*.jpeg"))
 
 
@@ -61,6 +66,11 @@ class GradioClientUser:
     def predict(self, image: Path) -> None:
         self.client.predict(handle_file(str(image)), api_name="/predict")
 
+    def screen(self, images: list[Path]) -> None:
+        table, _ = self.client.predict([handle_file(str(image)) for image in images], api_name="/screen")
+        if len(table["data"]) != len(images):
+            raise RuntimeError(f"{len(table['data'])} rows for {len(images)} images")
+
     def close(self) -> None:
         self.client.close()
 
@@ -71,16 +81,26 @@ class HttpUser:
     def __init__(self, url: str):
         self.url, self.http = url, httpx.Client(timeout=120)
 
-    def predict(self, image: Path) -> None:
-        uploaded = self.http.post(f"{self.url}gradio_api/upload", files={"files": (image.name, image.read_bytes())})
-        data = [{"path": uploaded.raise_for_status().json()[0], "meta": {"_type": "gradio.FileData"}}]
-        event = self.http.post(f"{self.url}gradio_api/call/predict", json={"data": data}).raise_for_status().json()
-        with self.http.stream("GET", f"{self.url}gradio_api/call/predict/{event['event_id']}") as stream:
+    def upload(self, images: list[Path]) -> list[dict]:
+        files = [("files", (image.name, image.read_bytes())) for image in images]
+        paths = self.http.post(f"{self.url}gradio_api/upload", files=files).raise_for_status().json()
+        return [{"path": path, "meta": {"_type": "gradio.FileData"}} for path in paths]
+
+    def call(self, endpoint: str, data: list) -> list:
+        event = self.http.post(f"{self.url}gradio_api/call/{endpoint}", json={"data": data}).raise_for_status().json()
+        with self.http.stream("GET", f"{self.url}gradio_api/call/{endpoint}/{event['event_id']}") as stream:
             lines = list(stream.iter_lines())
         if "event: complete" not in lines:
             raise RuntimeError(f"the app answered {lines[-2:]}")
-        outputs = json.loads(lines[lines.index("event: complete") + 1].removeprefix("data:"))
-        self.http.get(outputs[2]["url"]).raise_for_status()
+        return json.loads(lines[lines.index("event: complete") + 1].removeprefix("data:"))
+
+    def predict(self, image: Path) -> None:
+        outputs = self.call("predict", [*self.upload([image]), HEATMAP_OPACITY])
+        self.http.get(outputs[3]["url"]).raise_for_status()  # the overlay PNG
+
+    def screen(self, images: list[Path]) -> None:
+        outputs = self.call("screen", [self.upload(images)])
+        self.http.get(outputs[1]["url"]).raise_for_status()  # the CSV
 
     def close(self) -> None:
         self.http.close()
@@ -89,14 +109,18 @@ class HttpUser:
 USERS = {"gradio_client": GradioClientUser, "http": HttpUser}
 
 
-def one_user(user_class, url: str, requests: int, offset: int) -> tuple[list[float], int]:
-    """Latencies (s) of `requests` predictions and the number of failed ones."""
+def one_user(user_class, url: str, requests: int, offset: int, batch_every: int) -> tuple[list[float], int]:
+    """Latencies (s) of `requests` requests (every `batch_every`-th one a screening of 4 X-rays) and the
+    number of failed ones."""
     user = user_class(url)
     latencies, errors = [], 0
     for i in range(requests):
         started = time.perf_counter()
         try:
-            user.predict(IMAGES[(offset + i) % len(IMAGES)])
+            if batch_every and i % batch_every == batch_every - 1:
+                user.screen([IMAGES[(offset + i + k) % len(IMAGES)] for k in range(4)])
+            else:
+                user.predict(IMAGES[(offset + i) % len(IMAGES)])
             latencies.append(time.perf_counter() - started)
         except Exception:  # count every failure, whatever its type
             errors += 1
@@ -113,10 +137,10 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(user_class, url: str, clients: int, requests: int, app_pid: int | None) -> dict:
+def run(user_class, url: str, clients: int, requests: int, app_pid: int | None, batch_every: int) -> dict:
     started, app_cpu, own_cpu = time.perf_counter(), cpu_seconds(app_pid) if app_pid else 0.0, cpu_seconds(None)
     with ThreadPoolExecutor(clients) as pool:
-        outcomes = list(pool.map(lambda c: one_user(user_class, url, requests, c * requests), range(clients)))
+        outcomes = list(pool.map(lambda c: one_user(user_class, url, requests, c * requests, batch_every), range(clients)))
     wall = time.perf_counter() - started
     latencies = sorted(x for latency_list, _ in outcomes for x in latency_list)
     done = len(latencies)
@@ -135,15 +159,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="Requests per client.")
     parser.add_argument("--client", choices=sorted(USERS), default="gradio_client",
                         help="Load generator: gradio_client (what Python users run) or http (light, the app's own cost).")
+    parser.add_argument("--batch_every", type=int, default=4,
+                        help="Every N-th request of a client screens 4 X-rays (/screen); 0: single X-rays only.")
     args = parser.parse_args()
 
     user_class = USERS[args.client]
     process, url = (None, args.url) if args.url else start_app(args.model)
     app_pid = process.pid if process else None
     try:
-        one_user(user_class, url, 2, 0)  # warm-up
-        single = run(user_class, url, 1, args.clients * args.requests // 4 or 1, app_pid)
-        loaded = run(user_class, url, args.clients, args.requests, app_pid)
+        one_user(user_class, url, 2, 0, 2)  # warm-up, both endpoints
+        single = run(user_class, url, 1, args.clients * args.requests // 4 or 1, app_pid, args.batch_every)
+        loaded = run(user_class, url, args.clients, args.requests, app_pid, args.batch_every)
     finally:
         if process:
             process.terminate()

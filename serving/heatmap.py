@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_WEIGHT = 0.6  # how much of the radiograph shows through the colour map
+HEATMAP_OPACITY = 0.4  # weight of the colour map; the radiograph shows through with the rest
 JET = matplotlib.colormaps["jet"](np.arange(256))[:, :3].astype(np.float32)  # 256 levels, as 8-bit colour maps have
 
 
@@ -40,9 +40,9 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized / (1e-7 + resized.max())
 
 
-def overlay(image: Image.Image, cam: np.ndarray) -> Image.Image:
-    """The map in the jet colour map, blended over `image` at the image's own size (RGB)."""
+def overlay(image: Image.Image, cam: np.ndarray, opacity: float = HEATMAP_OPACITY) -> Image.Image:
+    """The map in the jet colour map, blended over `image` at the image's own size (RGB) with `opacity` in [0, 1]."""
     colours = JET[np.uint8(255 * upsample(cam, image.size))]
     shown = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    blended = (1 - IMAGE_WEIGHT) * colours + IMAGE_WEIGHT * shown
+    blended = opacity * colours + (1 - opacity) * shown
     return Image.fromarray(np.uint8(255 * blended / blended.max()))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .guard import mahalanobis
-from .heatmap import grad_cam, overlay
+from .heatmap import HEATMAP_OPACITY, grad_cam, overlay
 from .images import read_image
 from .runtime import onnx_forward
 
@@ -32,9 +32,9 @@ class Prediction:
     looks_like_xray: bool  # within the range of the validation X-rays
     heatmap: np.ndarray | None = None  # Grad-CAM of the decision on the last feature map (h, w), if asked for
 
-    def overlay(self, image: Image.Image) -> Image.Image:
+    def overlay(self, image: Image.Image, opacity: float = HEATMAP_OPACITY) -> Image.Image:
         """The heatmap blended over `image` (at the image's size; the model saw the whole image squashed)."""
-        return overlay(image, self.heatmap)
+        return overlay(image, self.heatmap, opacity)
 
 
 class Predictor:

@@ -42,6 +42,11 @@ def sample_images(split: str, class_name: str, count: int) -> list[Path]:
     return sorted((SAMPLE_DIR / split / class_name).glob("*.jpeg"))[:count]
 
 
+def confidences(label_output: dict) -> dict[str, float]:
+    """{label: probability} from a gr.Label's output, as API and MCP clients receive it."""
+    return {c["label"]: c["confidence"] for c in label_output["confidences"]}
+
+
 def pipeline_answers(model_id: str, images: list, cwd) -> list[list[dict]]:
     """transformers' pipeline in a separate Python whose import path holds no part of this repository."""
     code = ("import json, sys\n"
@@ -66,11 +71,13 @@ def sample_copy(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """One real end-to-end training run on the bundled sample, shared by the tests that inspect it."""
+    """One real end-to-end training run on the bundled sample, shared by the tests that inspect it (with
+    TensorBoard logging, which test_cli.py reads)."""
     from trainer.train import main
 
     output_dir = tmp_path_factory.mktemp("run")
-    results = main([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", "--output_dir", str(output_dir)])
+    results = main([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", "--report_to", "tensorboard",
+                    "--output_dir", str(output_dir)])
     return output_dir, results
 
 

@@ -1,8 +1,10 @@
 """The app in a real browser: Playwright driving Debian's Chromium (never a downloaded browser)."""
 
+import csv
 import shutil
 
 import pytest
+from PIL import Image
 
 from tests.app_inputs import bad_uploads
 from tests.conftest import sample_images
@@ -27,25 +29,73 @@ def page(app_url):
         browser.close()
 
 
-def test_upload_a_real_xray_and_read_the_result(page, tmp_path):
-    page.locator("input[type=file]").first.set_input_files(str(sample_images("test", "PNEUMONIA", 1)[0]))
+def analyse(page, path):
+    page.locator("#upload input[type=file]").set_input_files(str(path))
     page.get_by_role("button", name="Analyse").click()
-    decision = page.locator("p", has_text="Model output:")
-    decision.wait_for(timeout=60_000)
-    assert "not for clinical use" in decision.inner_text()
-    label_value = page.get_by_test_id("label-output-value")
-    assert label_value.inner_text().strip() in {"NORMAL", "PNEUMONIA"}
-    heatmap = page.locator("#gradcam img")
-    heatmap.wait_for(timeout=30_000)
-    assert heatmap.evaluate("img => img.naturalWidth") == 224
+    page.locator("p", has_text="Model output:").wait_for(timeout=60_000)
+
+
+def test_the_radiograph_appears_at_its_aspect_ratio_before_the_analysis(page, tmp_path):
+    wide = tmp_path / "wide.png"
+    Image.open(sample_images("test", "PNEUMONIA", 1)[0]).convert("L").resize((900, 600)).save(wide)
+    page.locator("#upload input[type=file]").set_input_files(str(wide))
+    preview = page.locator("#radiograph img")
+    preview.wait_for(timeout=30_000)
+    box = preview.bounding_box()
+    assert box["width"] / box["height"] == pytest.approx(900 / 600, rel=0.02)
+    assert preview.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [900, 600]
+    assert page.locator("p", has_text="Model output:").count() == 0  # nothing was analysed yet
+    page.screenshot(path=tmp_path / "preview.png", full_page=True)
+
+
+def test_the_slider_compares_the_radiograph_with_its_grad_cam_overlay(page, tmp_path):
+    analyse(page, sample_images("test", "PNEUMONIA", 1)[0])
+    assert "not for clinical use" in page.locator("p", has_text="Model output:").inner_text()
+    assert page.get_by_test_id("label-output-value").inner_text().strip() in {"NORMAL", "PNEUMONIA"}
     assert page.get_by_text("Research demo, not for clinical use").first.is_visible()
+    comparison = page.locator("#comparison")
+    comparison.get_by_test_id("imageslider-image").last.wait_for(timeout=30_000)
     page.screenshot(path=tmp_path / "result.png", full_page=True)
-    assert (tmp_path / "result.png").stat().st_size > 10_000
+    before = comparison.screenshot(path=tmp_path / "slider_before.png")
+    handle = comparison.get_by_test_id("slider").bounding_box()
+    page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(handle["x"] - 150, handle["y"] + handle["height"] / 2, steps=5)
+    page.mouse.up()
+    after = comparison.screenshot(path=tmp_path / "slider_moved.png")
+    assert before != after
+    assert page.locator("#overlay-png a[download]").first.get_attribute("download").endswith(".png")
+
+
+def test_an_example_thumbnail_is_analysed_in_one_click(page, tmp_path):
+    page.locator("#examples img").first.click()
+    page.locator("p", has_text="Model output:").wait_for(timeout=60_000)
+    page.locator("#radiograph img").wait_for(timeout=30_000)
+    page.screenshot(path=tmp_path / "example.png", full_page=True)
+
+
+def test_the_screening_tab_turns_ten_files_one_corrupt_into_a_csv(page, tmp_path):
+    images = sample_images("test", "NORMAL", 5) + sample_images("test", "PNEUMONIA", 4)
+    corrupt = tmp_path / "corrupt.jpeg"
+    corrupt.write_bytes(images[0].read_bytes()[:300])
+    page.get_by_role("tab", name="Screen a folder").click()
+    page.locator("#screen-files input[type=file]").set_input_files([str(p) for p in [*images, corrupt]])
+    page.get_by_role("button", name="Screen", exact=True).click()
+    link = page.locator("#screen-csv a[download]").first
+    link.wait_for(timeout=120_000)
+    page.screenshot(path=tmp_path / "screening.png", full_page=True)
+    with page.expect_download() as download:
+        link.click()
+    with open(download.value.path(), newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["path"] for row in rows] == [p.name for p in [*images, corrupt]]
+    assert all(row["prediction"] in {"NORMAL", "PNEUMONIA"} and not row["error"] for row in rows[:9])
+    assert rows[9]["prediction"] == "" and "damaged or incomplete" in rows[9]["error"]
 
 
 def test_upload_a_bad_file_and_read_the_error_toast(page, tmp_path):
     path, phrase = bad_uploads(tmp_path)["text renamed .png"]
-    page.locator("input[type=file]").first.set_input_files(str(path))
+    page.locator("#upload input[type=file]").set_input_files(str(path))
     page.get_by_role("button", name="Analyse").click()
     toast = page.get_by_text("This file is not an image we can read")
     toast.wait_for(timeout=60_000)

@@ -80,17 +80,14 @@ def test_kaggle_download_fails_clearly_when_offline(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_report_to_tensorboard_writes_per_epoch_metrics(tmp_path):
+def test_report_to_tensorboard_writes_per_epoch_metrics(trained_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tests.conftest import FAST_TRAINING
-    from trainer.train import main
-
-    main([*FAST_TRAINING, "--num_train_epochs", "2", "--report_to", "tensorboard", "--output_dir", str(tmp_path)])
-    event_files = list((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    output_dir, _ = trained_run  # trained with --report_to tensorboard, 3 epochs
+    event_files = list((output_dir / "runs").rglob("events.out.tfevents.*"))
     assert event_files
     events = EventAccumulator(str(event_files[0].parent)).Reload()
-    assert [e.step for e in events.Scalars("val_accuracy")] == [1, 2]
+    assert [e.step for e in events.Scalars("val_accuracy")] == [1, 2, 3]
     assert {"train_loss", "val_loss", "lr"} <= set(events.Tags()["scalars"])
 
 

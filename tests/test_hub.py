@@ -11,6 +11,7 @@ import gradio
 import pytest
 from huggingface_hub import HfApi, ModelCard, SpaceCard, snapshot_download
 
+from serving.demo import example_files
 from tests.conftest import FAST_TRAINING, REPO_ROOT, pipeline_answers, sample_images
 from tests.hub_server import TOKEN, USER
 from trainer import PneumoniaClassifier
@@ -149,7 +150,7 @@ def test_space_push_uploads_the_app_with_gradio_front_matter(hub):
     assert {"app.py", "requirements.txt", "README.md", "serving/__init__.py", "serving/model.py",
             "serving/predictor.py", "serving/hub_files/modeling_pneumonia.py"} <= files
     assert not any(f.startswith("trainer/") for f in files)  # serving only: no training code, no feature cache
-    assert sum(f.startswith("sample_data/chest_xray/test/") for f in files) == 4
+    assert sum(f.startswith("sample_data/chest_xray/test/") for f in files) == len(example_files()) == 8
     card = SpaceCard.load(space_id, repo_type="space")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
     assert card.data.sdk_version == gradio.__version__

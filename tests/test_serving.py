@@ -65,8 +65,8 @@ def test_concurrent_visitors_get_the_heatmap_and_probabilities_of_their_own_imag
     assert all(model.analyse(p, heatmap=True).heatmap.max() > 0 for p in images)  # every map shows something
 
     def ask(path):
-        label, _, heatmap = Client(app_url, verbose=False).predict(handle_file(str(path)), api_name="/predict")
-        with Image.open(heatmap) as shown:
+        label, _, _, overlay_png = Client(app_url, verbose=False).predict(handle_file(str(path)), api_name="/predict")
+        with Image.open(overlay_png) as shown:
             return label, np.asarray(shown.convert("RGB"))
 
     one_at_a_time = [ask(path) for path in images]
@@ -97,12 +97,16 @@ def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(
 
     # The Space (what a visitor sees first: the label's heading and the decision text)
     def ask(path):
-        label, decision, _ = Client(app_url, verbose=False).predict(handle_file(path), api_name="/predict")
+        label, decision, *_ = Client(app_url, verbose=False).predict(handle_file(path), api_name="/predict")
         assert f"Model output: {label['label']}" in decision
         return label["label"]
 
     with ThreadPoolExecutor(4) as pool:
         app = dict(zip(project, pool.map(ask, project)))
+
+    # The Space's screening tab, all images in one request
+    table, _ = Client(app_url, verbose=False).predict([handle_file(p) for p in project], api_name="/screen")
+    screened = dict(zip(project, (row[1] for row in table["data"])))
 
     # The Hub model through transformers alone
     model_id = f"{USER}/threshold-0.8"
@@ -110,7 +114,7 @@ def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(
     pipeline = dict(zip(project, pipeline_answers(model_id, list(project), tmp_path)))
 
     for path, answer in project.items():
-        assert cli[path] == app[path] == pipeline[path][0]["label"] == answer.decision, path
+        assert cli[path] == app[path] == screened[path] == pipeline[path][0]["label"] == answer.decision, path
         by_label = {entry["label"]: entry for entry in pipeline[path]}
         for label, probability in answer.probabilities.items():
             assert by_label[label]["probability"] == pytest.approx(probability, abs=1e-4)

@@ -19,10 +19,11 @@ from serving.demo import example_files
 from .push import PushError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES_PER_CLASS = 2
 SPACE_DESCRIPTION = """# Pneumonia Detector
 
-Upload a frontal chest X-ray to get NORMAL / PNEUMONIA probabilities from [{model_id}](https://huggingface.co/{model_id}).
+Upload a frontal chest X-ray to get NORMAL / PNEUMONIA probabilities from [{model_id}](https://huggingface.co/{model_id}),
+with the Grad-CAM evidence beside the radiograph; screen a folder of X-rays into a CSV; or call the prediction
+from an agent: the Space is an MCP server (`/gradio_api/mcp/`).
 
 **Research demo, not for clinical use.** Trained on pediatric radiographs from one hospital.
 """
@@ -30,10 +31,10 @@ Upload a frontal chest X-ray to get NORMAL / PNEUMONIA probabilities from [{mode
 
 def gradio_version(requirements: Path = REPO_ROOT / "requirements.txt") -> str:
     """The gradio version pinned in requirements.txt (the Space's sdk_version must equal it)."""
-    match = re.search(r"^gradio==([\w.]+)\s*$", requirements.read_text(), re.MULTILINE)
+    match = re.search(r"^gradio(\[[\w,]+\])?==([\w.]+)\s*$", requirements.read_text(), re.MULTILINE)
     if match is None:
         raise PushError(f"{requirements} must pin gradio (gradio==X.Y.Z) for the Space's sdk_version.")
-    return match.group(1)
+    return match.group(2)
 
 
 def space_card(model_id: str) -> SpaceCard:
@@ -47,7 +48,7 @@ def space_card(model_id: str) -> SpaceCard:
 def space_files() -> list[Path]:
     """Repository files the Space needs: the app, its requirements, the serving package and the example X-rays."""
     package = [p for p in (REPO_ROOT / "serving").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    examples = [Path(p) for p in example_files(EXAMPLES_PER_CLASS)]
+    examples = [Path(p) for p in example_files()]
     return [REPO_ROOT / "app.py", REPO_ROOT / "requirements.txt", *package, *examples]
 
 

@@ -23,13 +23,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from serving.batch import ImageFiles, collate, image_paths
 from serving.images import ACCEPTED_SUFFIXES
 from serving.model import ModelNotFound, load_model
 
 from .calibration import brier_score, check_threshold_strategy, expected_calibration_error, fit_operating_point
 from .data import CLASS_NAMES, indented, patient_id
 from .evaluation import write_json
-from .predict import ImageFiles, collate, image_paths
 from .push import RUN_FILES
 from .report import bootstrap_intervals, plot_reliability, screening_metrics
 

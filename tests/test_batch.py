@@ -1,0 +1,37 @@
+"""The screening limits of serving/batch.py, without the app: what too many files or a zip bomb are told."""
+
+import zipfile
+
+import pytest
+
+from serving import batch
+from serving.images import InputImageError
+from tests.conftest import sample_images
+
+
+def test_more_files_than_the_limit_are_refused_before_any_is_read(tmp_path):
+    image = str(sample_images("test", "NORMAL", 1)[0])
+    assert len(batch.screening_files([image] * batch.MAX_FILES, tmp_path)) == batch.MAX_FILES
+    with pytest.raises(InputImageError, match=f"{batch.MAX_FILES + 1} images: one screening takes at most "
+                                              f"{batch.MAX_FILES}"):
+        batch.screening_files([image] * (batch.MAX_FILES + 1), tmp_path)
+
+
+def test_an_archive_that_expands_beyond_the_limit_is_refused_before_extraction(tmp_path, monkeypatch):
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("a.png", b"\0" * 3 * 2**20)  # 3 MB of zeros: a few KB compressed
+    monkeypatch.setattr(batch, "MAX_UNZIPPED_BYTES", 2 * 2**20)  # a small limit instead of writing a real 1 GB bomb
+    with pytest.raises(InputImageError, match="big.zip expands to 3 MB, more than the 2 MB limit"):
+        batch.screening_files([str(archive)], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_archive_members_cannot_escape_the_extraction_folder(tmp_path):
+    archive = tmp_path / "sly.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("../../escaped.png", b"x")
+    [(name, extracted)] = batch.screening_files([str(archive)], tmp_path / "out")
+    assert name == "sly.zip/../../escaped.png"
+    assert extracted.is_file() and extracted.is_relative_to(tmp_path / "out")
+    assert not (tmp_path / "escaped.png").exists()
