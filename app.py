@@ -72,7 +72,7 @@ def predict(xray_file: str, overlay_opacity: float = HEATMAP_OPACITY):
     return prediction, text, *comparison_and_download(prediction, shown, overlay_opacity, xray_file)
 
 
-def show_radiograph(xray_file: str | None):
+def show_radiograph(xray_file: str | None = None):
     """The upload as soon as it arrives, and no answer left over from the previous image."""
     try:
         shown = radiograph(xray_file) if xray_file else None
@@ -81,8 +81,10 @@ def show_radiograph(xray_file: str | None):
     return shown, None, "", None, None
 
 
-def pick_example(selected: gr.SelectData) -> str:
-    return example_files()[selected.index]
+def pick_example(selected: gr.SelectData):
+    """The example as if uploaded: the file, its radiograph, no answer yet (the click then analyses it)."""
+    path = example_files()[selected.index]
+    return path, *show_radiograph(path)
 
 
 def screen(xray_files: list[str] | None, progress=gr.Progress(track_tqdm=True)):
@@ -141,11 +143,13 @@ with gr.Blocks(title="Pneumonia Detector", delete_cache=(3600, 3600)) as demo:
         table_csv = gr.File(label="Results (CSV)", elem_id="screen-csv")
 
     results = [probabilities, decision, comparison, overlay_png]
-    upload.change(show_radiograph, upload, [shown, *results], api_visibility="private", concurrency_limit=4)
+    # Events that change the file clear the previous answer in the same step, so it can never outlive its image
+    upload.upload(show_radiograph, upload, [shown, *results], api_visibility="private", concurrency_limit=4)
+    upload.clear(show_radiograph, None, [shown, *results], api_visibility="private")
     submit.click(predict, [upload, opacity], results, api_name="predict", concurrency_limit=4)
     # A new opacity redraws from the model's own answer (milliseconds): nothing is kept between requests
     opacity.release(predict, [upload, opacity], results, api_visibility="private", concurrency_limit=4)
-    examples.select(pick_example, None, upload, api_visibility="private").then(
+    examples.select(pick_example, None, [upload, shown, *results], api_visibility="private").then(
         predict, [upload, opacity], results, api_visibility="private", concurrency_limit=4)
     run_screen.click(screen, files, [table, table_csv], api_name="screen", concurrency_limit=2)
 

@@ -65,6 +65,11 @@ def test_the_slider_compares_the_radiograph_with_its_grad_cam_overlay(page, tmp_
     after = comparison.screenshot(path=tmp_path / "slider_moved.png")
     assert before != after
     assert page.locator("#overlay-png a[download]").first.get_attribute("download").endswith(".png")
+    # Removing the file (before choosing another) removes its answer: no decision outlives its radiograph
+    page.locator("#upload").get_by_role("button", name="Clear").click()
+    page.locator("p", has_text="Model output:").wait_for(state="detached", timeout=30_000)
+    assert comparison.get_by_test_id("imageslider-image").count() == 0
+    assert page.locator("#radiograph img").count() == 0
 
 
 def test_an_example_thumbnail_is_analysed_in_one_click(page, tmp_path):
