@@ -91,11 +91,14 @@ def test_heatmap_explains_the_decision_at_the_threshold_not_the_argmax(served_ru
 @pytest.mark.parametrize("variant", ["mono2_8bit", "mono2_16bit", "mono1_8bit", "mono1_12bit", "mono2_12bit_window"])
 def test_dicom_gives_the_answer_of_its_source_image(client, model, tmp_path, variant):
     source = sample_images("test", "PNEUMONIA", 1)[0]
-    label, *_ = client.predict(handle_file(str(dicom_variants(tmp_path)[variant])), api_name="/predict")
+    label, _, (shown, _), _ = client.predict(handle_file(str(dicom_variants(tmp_path)[variant])), api_name="/predict")
     expected = model.predict(Image.open(source).convert("L"))
     # 12-bit windows round grey levels by up to 1; the served model's temperature (about 0.05) magnifies that
     # 20x in probability (measured up to 2.1e-3). The pixels themselves are checked in test_serving.py.
     assert confidences(label) == pytest.approx(expected, abs=5e-3)
+    # The radiograph the visitor sees is the DICOM as rendered (window, MONOCHROME1 inverted): the source's greys
+    source_grey = np.asarray(Image.open(source).convert("L"), dtype=int)
+    assert np.abs(np.asarray(Image.open(shown).convert("L"), dtype=int) - source_grey).max() <= 1
 
 
 @pytest.mark.parametrize("name", ["skimage_astronaut", "skimage_page", "blank_white", "noise_uniform_colour"])
