@@ -52,13 +52,13 @@ def export_fp32(model, path: Path) -> None:
     program.save(str(path))
 
 
-def session_forward(path: Path) -> OnnxForward:
-    """An OnnxForward over a model file (the same session options as the served fp32 one)."""
-    forward = OnnxForward.__new__(OnnxForward)
-    options = onnxruntime.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    forward.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return forward
+class FileForward(OnnxForward):
+    """OnnxForward over a model file instead of a fresh export (the same session options as the served one)."""
+
+    def __init__(self, path: Path):
+        options = onnxruntime.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def predictor_with(model, forward) -> Predictor:
@@ -98,7 +98,7 @@ def main() -> None:
     quantize_static(str(folder / "fp32.onnx"), str(folder / "int8.onnx"), Batches(model, calibration),
                     quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod[args.calibrate_method])
-    engines = {name: predictor_with(model, session_forward(folder / f"{name}.onnx")) for name in ("fp32", "int8")}
+    engines = {name: predictor_with(model, FileForward(folder / f"{name}.onnx")) for name in ("fp32", "int8")}
 
     test = sorted((args.data_dir / "test").glob("*/*.jpeg"))
     labels = np.array([p.parent.name == "PNEUMONIA" for p in test])
