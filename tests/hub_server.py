@@ -361,7 +361,8 @@ class HubHandler(BaseHTTPRequestHandler):
         if stored is None:
             raise HubError(404, f"Entry not found: {unquote(path)}", "EntryNotFound")
         content = self.state.lfs[stored.lfs_oid] if stored.lfs_oid else stored.content
-        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{stored.blob_id}"', "Accept-Ranges": "bytes"}
+        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{stored.blob_id}"', "Accept-Ranges": "bytes",
+                   "Access-Control-Allow-Origin": "*"}  # as huggingface.co: web pages fetch models (private mode)
         if stored.lfs_oid:
             headers |= {"X-Linked-Etag": f'"{stored.lfs_oid}"', "X-Linked-Size": stored.size}
         self.send(200, content, headers, head_only=self.command == "HEAD")

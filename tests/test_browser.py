@@ -1,19 +1,15 @@
 """The app in a real browser: Playwright driving Debian's Chromium (never a downloaded browser)."""
 
 import csv
-import shutil
 
 import pytest
 from PIL import Image
 
 from tests.app_inputs import bad_uploads
 from tests.conftest import sample_images
+from tests.web import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 
-CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium); "
-                                                          ".ci/run installs it, so CI always runs these tests")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+pytestmark = needs_chromium
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
-from trainer.data import load_chest_xray, make_loader, train_transform
+from trainer.config import parse_config
+from trainer.data import load_chest_xray, make_loader, split_by_patient, train_transform
 from trainer.features import CachedViews, cache_key, extract_features
 from trainer.model import model_for_training
-from trainer.train import main
+from trainer.train import feature_loaders, main
 
 QUICK = ["--no_pretrained", "--num_train_epochs", "1", "--num_workers", "0"]
 
@@ -65,12 +66,21 @@ def test_a_second_run_reuses_the_cache_without_extracting_and_trains_the_same_he
     assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
+def cache_training_views(cache, *options):
+    """What a training run caches before its first epoch (train.feature_loaders, as train() calls it), no training."""
+    config = parse_config([*QUICK, *options, "--cache_dir", str(cache), "--output_dir", str(cache / "unused")])
+    data = load_chest_xray(SAMPLE_DIR)
+    train_split, val_split = split_by_patient(data["train"], config.val_fraction, config.seed)
+    model = model_for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
+    feature_loaders(config, Accelerator(), model, {"train": train_split, "validation": val_split}, cache)
+
+
 def test_every_cached_view_is_an_augmented_draw_and_no_augment_caches_one_view(tmp_path):
     """K views are K draws of the uncached path's augmentation: an un-augmented view among them would train the
     head on a different mix of images than --cache_views 0 does. --no_augment caches one un-augmented view."""
     cache = tmp_path / "cache"
-    main([*QUICK, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "augmented")])
-    main([*QUICK, "--cache_views", "2", "--no_augment", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "plain")])
+    cache_training_views(cache, "--cache_views", "2")
+    cache_training_views(cache, "--cache_views", "2", "--no_augment")
     train_caches = {len(features): features for features in
                     (load_file(path)["features"] for path in cache.glob("train-*.safetensors"))}
     assert sorted(train_caches) == [1, 2]

@@ -22,7 +22,8 @@ from trainer.train import main
 MODEL_ID = f"{USER}/pneumonia-detector"
 EXPECTED_FILES = {"model.safetensors", "config.json", "modeling_pneumonia.py", "all_results.json",
                   "confusion_matrix.png", "roc_curve.png", "pr_curve.png", "reliability_diagram.png",
-                  "training_curves.png", "README.md", "splits.json", "training_history.json", "training_config.json"}
+                  "training_curves.png", "README.md", "splits.json", "training_history.json", "training_config.json",
+                  "onnx/model.onnx", "onnx/config.json"}  # private mode's files
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,9 @@
 """Push a finished run's best model to the Hugging Face Hub, with its model card, results and plots.
 
+The repo also gets private mode's files (serving/browser_model.py): `onnx/model.onnx`, the served model
+as one ONNX graph for ONNX Runtime Web, and `onnx/config.json`, exported from the run's best model at
+push time so that they always match the weights pushed beside them.
+
 Training calls this when given --push_to_hub; it also runs on its own, so a failed push can be
 retried without training again:
 
@@ -7,12 +11,18 @@ retried without training again:
 """
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
+from serving import PneumoniaClassifier
+from serving.browser_model import browser_files
+
 from .model_card import build_model_card
+
+logger = logging.getLogger(__name__)
 
 BEST_FILES = ["model.safetensors", "config.json", "modeling_pneumonia.py"]
 PLOTS = ["confusion_matrix.png", "roc_curve.png", "pr_curve.png", "reliability_diagram.png", "training_curves.png"]
@@ -37,6 +47,16 @@ def upload_operations(output_dir: Path, model_id: str) -> list[CommitOperationAd
             + [CommitOperationAdd("README.md", card)])
 
 
+def private_mode_operations(output_dir: Path) -> list[CommitOperationAdd]:
+    """Private mode's files, exported from the run's best model; none (with a warning) if it cannot be exported."""
+    try:
+        files = browser_files(PneumoniaClassifier.from_pretrained(output_dir / "best"))
+    except Exception as error:  # the exporter raises many types for unsupported operators
+        logger.warning("Private mode's ONNX export failed (%s: %s); pushing without onnx/.", type(error).__name__, error)
+        return []
+    return [CommitOperationAdd(name, content) for name, content in files.items()]
+
+
 def push_run(output_dir: str | Path, model_id: str, token: str | None = None, private: bool = False,
              commit_message: str = "Upload Pneumonia Detector model") -> CommitInfo:
     """Create the repo if needed and commit the run's model, card and results in one commit."""
@@ -46,7 +66,8 @@ def push_run(output_dir: str | Path, model_id: str, token: str | None = None, pr
     retry = (f"The run in {output_dir} is intact; retry with: python -m trainer.push {output_dir} "
              f"--hub_model_id {model_id}")
     try:
-        repo_url = api.create_repo(model_id, private=private, exist_ok=True)
+        repo_url = api.create_repo(model_id, private=private, exist_ok=True)  # fails fast, before the export
+        operations += private_mode_operations(output_dir)
         return api.create_commit(repo_url.repo_id, operations, commit_message=commit_message)
     except Exception as error:  # network, auth, offline mode and server errors all end the same way
         raise PushError(f"Push to {model_id} on {api.endpoint} failed ({type(error).__name__}: {error}). {retry}") from error

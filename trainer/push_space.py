@@ -1,13 +1,18 @@
 """Deploy the Gradio demo as a Hugging Face Space that serves a model pushed with `trainer.push`.
 
-    python -m trainer.push_space --space_id NAME/SPACE --hub_model_id NAME/REPO [--hub_token T]
+    python -m trainer.push_space --space_id NAME/SPACE --hub_model_id NAME/REPO [--hub_token T] [--static]
 
 Uploads what serving needs and nothing of training: app.py, requirements.txt, the `serving` package,
 example images and a Space README with the Gradio front matter; then sets the Space variable MODEL_ID
 to the model repo (app.py reads it).
+
+With --static it deploys private mode instead: a static Space (`sdk: static`) holding the page in
+private_mode/ (with its vendored ONNX Runtime Web) and model_repo.json, which names the Hub endpoint
+and the model repo whose onnx/ files the page downloads and runs in the visitor's browser.
 """
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -19,11 +24,25 @@ from serving.demo import example_files
 from .push import PushError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PRIVATE_MODE = REPO_ROOT / "private_mode"
+PAGE_FILES = ["index.html", "app.js", "preprocessing.js", "style.css", "vendor/ort.wasm.bundle.min.mjs",
+              "vendor/ort-wasm-simd-threaded.wasm", "vendor/README.md"]
 SPACE_DESCRIPTION = """# Pneumonia Detector
 
 Upload a frontal chest X-ray to get NORMAL / PNEUMONIA probabilities from [{model_id}](https://huggingface.co/{model_id}),
 with the Grad-CAM evidence beside the radiograph; screen a folder of X-rays into a CSV; or call the prediction
 from an agent: the Space is an MCP server (`/gradio_api/mcp/`).
+
+**Research demo, not for clinical use.** Trained on pediatric radiographs from one hospital.
+"""
+
+
+STATIC_DESCRIPTION = """# Pneumonia Detector · private mode
+
+Pick a frontal chest X-ray (JPEG or PNG) and the model [{model_id}](https://huggingface.co/{model_id}) analyses it
+**inside your browser** with ONNX Runtime Web: probabilities, the decision at the model's threshold, the
+not-an-X-ray check and the Grad-CAM overlay. The image is never uploaded; the page downloads only itself and the
+model's `onnx/` files.
 
 **Research demo, not for clinical use.** Trained on pediatric radiographs from one hospital.
 """
@@ -45,6 +64,26 @@ def space_card(model_id: str) -> SpaceCard:
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{SPACE_DESCRIPTION.format(model_id=model_id)}")
 
 
+def static_space_card(model_id: str) -> SpaceCard:
+    data = SpaceCardData(
+        title="Pneumonia Detector (private mode)", sdk="static", app_file="index.html", license="cc-by-4.0",
+        models=[model_id], emoji="🫁", colorFrom="green", colorTo="gray",
+        short_description="Chest X-ray classifier that runs in your browser (research demo)", pinned=False)
+    return SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{STATIC_DESCRIPTION.format(model_id=model_id)}")
+
+
+def model_repo_settings(endpoint: str, model_id: str) -> bytes:
+    """model_repo.json: where the page downloads the model's onnx/ files from."""
+    return json.dumps({"endpoint": endpoint.rstrip("/"), "model_id": model_id, "revision": "main"}, indent=1).encode()
+
+
+def static_space_operations(model_id: str, endpoint: str) -> list[CommitOperationAdd]:
+    """The private-mode page, its settings and its card, as commit operations."""
+    return ([CommitOperationAdd(name, PRIVATE_MODE / name) for name in PAGE_FILES]
+            + [CommitOperationAdd("model_repo.json", model_repo_settings(endpoint, model_id)),
+               CommitOperationAdd("README.md", str(static_space_card(model_id)).encode())])
+
+
 def space_files() -> list[Path]:
     """Repository files the Space needs: the app, its requirements, the serving package and the example X-rays."""
     package = [p for p in (REPO_ROOT / "serving").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
@@ -52,15 +91,20 @@ def space_files() -> list[Path]:
     return [REPO_ROOT / "app.py", REPO_ROOT / "requirements.txt", *package, *examples]
 
 
-def push_space(space_id: str, model_id: str, token: str | None = None) -> CommitInfo:
-    """Create or update the Space, upload its files and point it at `model_id`."""
+def gradio_space_operations(model_id: str) -> list[CommitOperationAdd]:
     operations = [CommitOperationAdd(str(p.relative_to(REPO_ROOT)), p) for p in space_files()]
-    operations.append(CommitOperationAdd("README.md", str(space_card(model_id)).encode()))
+    return [*operations, CommitOperationAdd("README.md", str(space_card(model_id)).encode())]
+
+
+def push_space(space_id: str, model_id: str, token: str | None = None, static: bool = False) -> CommitInfo:
+    """Create or update the Space (the Gradio app, or with `static` the private-mode page) serving `model_id`."""
     api = HfApi(token=token)
+    operations = static_space_operations(model_id, api.endpoint) if static else gradio_space_operations(model_id)
     try:
-        api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+        api.create_repo(space_id, repo_type="space", space_sdk="static" if static else "gradio", exist_ok=True)
         commit = api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy Pneumonia Detector")
-        api.add_space_variable(space_id, "MODEL_ID", model_id, description="Model repo the app loads")
+        if not static:
+            api.add_space_variable(space_id, "MODEL_ID", model_id, description="Model repo the app loads")
         return commit
     except Exception as error:  # network, auth, offline mode and server errors all end the same way
         raise PushError(f"Space push to {space_id} on {api.endpoint} failed ({type(error).__name__}: {error}).") from error
@@ -71,9 +115,11 @@ def main(argv=None) -> None:
     parser.add_argument("--space_id", required=True, help="Space repo, NAME/SPACE.")
     parser.add_argument("--hub_model_id", required=True, help="Model repo the Space serves, NAME/REPO.")
     parser.add_argument("--hub_token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
+    parser.add_argument("--static", action="store_true",
+                        help="Deploy private mode: a static page that runs the model in the visitor's browser.")
     args = parser.parse_args(argv)
     try:
-        commit = push_space(args.space_id, args.hub_model_id, args.hub_token)
+        commit = push_space(args.space_id, args.hub_model_id, args.hub_token, args.static)
     except PushError as error:
         sys.exit(f"error: {error}")
     print(f"Deployed the Space {commit.repo_url} serving {args.hub_model_id}")

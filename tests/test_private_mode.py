@@ -1,0 +1,137 @@
+"""Private mode: the ONNX graph that trainer.push adds to the model repo, run by ONNX Runtime (Python) and by the
+static page in Debian's Chromium, gives the Predictor's answers; the page sends the image nowhere."""
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+from huggingface_hub import SpaceCard, hf_hub_download, snapshot_download
+from PIL import Image
+
+from dataset_scripts.non_xray_images import non_xray_images
+from serving import PneumoniaClassifier
+from tests.conftest import sample_images
+from tests.hub_server import TOKEN, USER
+from tests.web import CHROMIUM, CHROMIUM_ARGS, needs_chromium, serve_folder
+from trainer.push import push_run
+from trainer.push_space import PAGE_FILES, PRIVATE_MODE, push_space
+
+MODEL_ID, SPACE_ID = f"{USER}/private-mode-model", f"{USER}/private-mode"
+NON_XRAYS = ["skimage_astronaut", "skimage_coffee", "rendered_document"]  # 512×512, 600×400, 600×800: all resized
+
+
+@pytest.fixture(scope="module")
+def model(served_run):
+    return PneumoniaClassifier.from_pretrained(served_run / "best")
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory):
+    """10 real X-rays (8 sample JPEGs; 2 re-encoded as PNG at other sizes, so the page resizes them) and 3 non-X-rays."""
+    folder = tmp_path_factory.mktemp("private-images")
+    xrays = sample_images("test", "NORMAL", 4) + sample_images("test", "PNEUMONIA", 6)
+    for path, size in zip(xrays[-2:], [(640, 512), (180, 150)]):
+        Image.open(path).convert("L").resize(size, Image.BICUBIC).save(folder / f"{path.stem}_{size[0]}.png")
+    for name in NON_XRAYS:
+        non_xray_images()[name].save(folder / f"{name}.png")
+    return xrays[:8] + sorted(folder.glob("*_*.png")) + [folder / f"{name}.png" for name in NON_XRAYS]
+
+
+@pytest.fixture(scope="module")
+def pushed_model(hub, served_run):
+    """A model freshly pushed by trainer.push (which exports private mode's files with every push)."""
+    push_run(served_run, MODEL_ID, token=TOKEN)
+    return MODEL_ID
+
+
+def test_the_pushed_graph_gives_the_predictors_answers(pushed_model, model, test_images):
+    """ONNX Runtime (Python) on the pushed onnx/model.onnx: probabilities, decision, guard and Grad-CAM as the
+    Predictor computes them."""
+    session = onnxruntime.InferenceSession(hf_hub_download(pushed_model, "onnx/model.onnx", token=TOKEN))
+    for path in test_images:
+        expected = model.analyse(path, heatmap=True)
+        probabilities, decision, distance, looks_like_xray, heatmap = session.run(
+            None, {"pixel_values": model.transform(model.predictor.read(path)).unsqueeze(0).numpy()})
+        assert probabilities[0] == pytest.approx([expected.probabilities[label] for label in model.labels], abs=1e-5)
+        assert model.labels[decision[0]] == expected.decision and bool(looks_like_xray[0]) == expected.looks_like_xray
+        assert distance[0] == pytest.approx(expected.guard_distance, rel=1e-4)
+        np.testing.assert_allclose(heatmap[0], expected.heatmap, rtol=1e-4, atol=1e-5 * expected.heatmap.max())
+
+
+@pytest.fixture(scope="module")
+def page_url(pushed_model, tmp_path_factory):
+    """The static Space deployed for the pushed model, served from a local static server."""
+    push_space(SPACE_ID, pushed_model, token=TOKEN, static=True)
+    site = snapshot_download(SPACE_ID, repo_type="space", token=TOKEN,
+                             local_dir=tmp_path_factory.mktemp("private-space"))
+    server = serve_folder(site)
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pushed_model, tmp_path):
+    push_space(SPACE_ID, pushed_model, token=TOKEN, static=True)
+    site = Path(snapshot_download(SPACE_ID, repo_type="space", token=TOKEN, local_dir=tmp_path))
+    card = SpaceCard.load(site / "README.md")
+    assert card.data.sdk == "static" and card.data.app_file == "index.html" and card.data.models == [pushed_model]
+    assert "not for clinical use" in card.text
+    assert json.loads((site / "model_repo.json").read_text()) == {
+        "endpoint": f"http://127.0.0.1:{hub.server_port}", "model_id": pushed_model, "revision": "main"}
+    for name in PAGE_FILES:  # the vendored runtime included: the page loads nothing from a CDN
+        assert (site / name).read_bytes() == (PRIVATE_MODE / name).read_bytes(), name
+    page_code = "".join((site / name).read_text() for name in ("index.html", "app.js", "preprocessing.js"))
+    assert "http" not in page_code.replace("http-equiv", "")  # no absolute URL: own files + model_repo.json only
+
+
+@needs_chromium
+def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowhere(page_url, model, test_images, hub):
+    """10 X-rays and 3 non-X-rays picked through the page's file input: P(PNEUMONIA) within 0.01 of Python's
+    (PneumoniaClassifier.predict), the same decision and not-an-X-ray verdict, the same overlay."""
+    from playwright.sync_api import sync_playwright
+
+    requests = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(page_url)
+        page.wait_for_function("!document.getElementById('status').textContent.startsWith('Loading')", timeout=120_000)
+        assert page.locator("#status").inner_text().startswith("Ready."), page.locator("#status").inner_text()
+        assert page.locator("#privacy").inner_text().startswith("Nothing is uploaded.")
+        answers, overlay = {}, None
+        for path in test_images:
+            page.locator("#xray").set_input_files(str(path))
+            result = page.locator(f'#result[data-file="{path.name}"]')
+            result.wait_for(timeout=60_000)
+            answers[path] = result.evaluate("element => ({...element.dataset})")
+            answers[path]["text"] = page.locator("#answer").inner_text()
+            if path == test_images[0]:
+                overlay = page.locator("#overlay").evaluate("canvas => canvas.toDataURL('image/png')")
+        browser.close()
+
+    differences = []
+    for path, answer in answers.items():
+        expected = model.analyse(path, heatmap=path == test_images[0])
+        differences.append(abs(float(answer["pneumonia"]) - expected.probabilities["PNEUMONIA"]))
+        assert differences[-1] <= 0.01, path.name
+        assert answer["looksLikeXray"] == str(expected.looks_like_xray).lower(), path.name
+        assert answer["decision"] == expected.decision, path.name
+        shown = "Model output" if expected.looks_like_xray else "This does not look like a chest X-ray"
+        assert answer["text"].startswith(shown), path.name
+    print(f"largest |P(PNEUMONIA) page - Python| over {len(answers)} images: {max(differences):.2e}")
+    assert sum(not model.analyse(path).looks_like_xray for path in test_images[-3:]) >= 1  # the guard is exercised
+
+    # The heatmap drawn by the page is Python's overlay of the same radiograph (a 224×224 JPEG: shown at its size).
+    drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(overlay.split(",")[1]))).convert("RGB"))
+    radiograph = model.predictor.read(test_images[0])
+    python = np.asarray(model.analyse(radiograph, heatmap=True).overlay(radiograph), dtype=np.int16)
+    assert np.abs(drawn.astype(np.int16) - python).mean() < 1.0
+
+    # Only the page's own files and the model repo's files were requested: the images went nowhere.
+    model_files = f"http://127.0.0.1:{hub.server_port}/{MODEL_ID}/resolve/"
+    assert {url for url in requests if not url.startswith((page_url, model_files))} == set()
+    assert {model_files + "main/onnx/model.onnx", model_files + "main/onnx/config.json"} <= set(requests)
