@@ -110,6 +110,20 @@ function showAnswer(name, prediction, milliseconds) {
   result.hidden = false;
 }
 
+// Why the picked image cannot be analysed (the limits every entry point applies), or null.
+function unusable(name, bitmap) {
+  const { max_pixels: maxPixels, min_side: minSide } = model.config.limits;
+  if (bitmap.width * bitmap.height > maxPixels) {
+    return `${name} is ${bitmap.width}x${bitmap.height} pixels, too large to process (limit ` +
+      `${maxPixels.toLocaleString("en")} pixels). Please use a smaller export.`;
+  }
+  if (Math.min(bitmap.width, bitmap.height) < minSide) {
+    return `${name} is only ${bitmap.width}x${bitmap.height} pixels; a chest X-ray needs at least ${minSide} ` +
+      "pixels a side.";
+  }
+  return null;
+}
+
 async function onPick() {
   const file = $("xray").files[0];
   if (!file) return;
@@ -120,8 +134,13 @@ async function onPick() {
   try {
     bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   } catch {
-    setStatus(`${file.name} could not be read as a JPEG or PNG image. Private mode reads JPEG and PNG; for DICOM ` +
-      "use the Space or `python -m trainer.predict`.", true);
+    setStatus(`${file.name} could not be read as a JPEG or PNG image (damaged, or another format). Private mode ` +
+      "reads JPEG and PNG; for DICOM use the Space or `python -m trainer.predict`.", true);
+    return;
+  }
+  const problem = unusable(file.name, bitmap);
+  if (problem) {
+    setStatus(problem, true);
     return;
   }
   const started = performance.now();

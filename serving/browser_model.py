@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .heatmap import HEATMAP_OPACITY, JET
+from .images import MAX_PIXELS, MIN_SIDE
 from .predictor import POSITIVE
 
 INPUT = "pixel_values"
@@ -84,6 +85,7 @@ def page_config(model: nn.Module) -> dict:
         "temperature": float(model.temperature),
         "guard_threshold": float(model.guard_threshold) if torch.isfinite(model.guard_threshold) else None,
         "preprocessing": model.preprocessing,
+        "limits": {"max_pixels": MAX_PIXELS, "min_side": MIN_SIDE},  # what every entry point refuses to read
         "heatmap_opacity": HEATMAP_OPACITY,
         "jet": JET.round(4).tolist(),  # 256 RGB levels in [0, 1], as serving/heatmap.py blends them
     }

@@ -18,7 +18,7 @@ from tests.conftest import sample_images
 from tests.hub_server import TOKEN, USER
 from tests.web import CHROMIUM, CHROMIUM_ARGS, needs_chromium, serve_folder
 from trainer.push import push_run
-from trainer.push_space import PAGE_FILES, PRIVATE_MODE, push_space
+from trainer.push_space import PAGE_FILES, PRIVATE_MODE, model_hosts, page_file, push_space
 
 MODEL_ID, SPACE_ID = f"{USER}/private-mode-model", f"{USER}/private-mode"
 NON_XRAYS = ["skimage_astronaut", "skimage_coffee", "rendered_document"]  # 512×512, 600×400, 600×800: all resized
@@ -73,6 +73,15 @@ def page_url(pushed_model, tmp_path_factory):
     server.shutdown()
 
 
+def hub_endpoint(hub) -> str:
+    return f"http://127.0.0.1:{hub.server_port}"
+
+
+def test_the_page_may_fetch_only_from_the_hub_and_its_file_hosts():
+    assert model_hosts("https://huggingface.co/") == "https://huggingface.co https://*.huggingface.co https://*.hf.co"
+    assert model_hosts("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
+
+
 def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pushed_model, tmp_path):
     push_space(SPACE_ID, pushed_model, token=TOKEN, static=True)
     site = Path(snapshot_download(SPACE_ID, repo_type="space", token=TOKEN, local_dir=tmp_path))
@@ -80,28 +89,47 @@ def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pu
     assert card.data.sdk == "static" and card.data.app_file == "index.html" and card.data.models == [pushed_model]
     assert "not for clinical use" in card.text
     assert json.loads((site / "model_repo.json").read_text()) == {
-        "endpoint": f"http://127.0.0.1:{hub.server_port}", "model_id": pushed_model, "revision": "main"}
+        "endpoint": hub_endpoint(hub), "model_id": pushed_model, "revision": "main"}
     for name in PAGE_FILES:  # the vendored runtime included: the page loads nothing from a CDN
-        assert (site / name).read_bytes() == (PRIVATE_MODE / name).read_bytes(), name
-    page_code = "".join((site / name).read_text() for name in ("index.html", "app.js", "preprocessing.js"))
-    assert "http" not in page_code.replace("http-equiv", "")  # no absolute URL: own files + model_repo.json only
+        assert (site / name).read_bytes() == page_file(name, hub_endpoint(hub)), name
+    page_code = "".join((PRIVATE_MODE / name).read_text() for name in ("index.html", "app.js", "preprocessing.js"))
+    assert "http:" not in page_code and "https:" not in page_code  # no absolute URL: own files + model_repo.json
+    assert f"connect-src 'self' {hub_endpoint(hub)};" in (site / "index.html").read_text()
 
 
 @needs_chromium
-def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowhere(page_url, model, test_images, hub):
+def bad_files(folder) -> dict[str, str]:
+    """Files the page must refuse (as every entry point does), written to `folder`: {name: what the page says}."""
+    (folder / "damaged.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    Image.new("L", (20, 20)).save(folder / "tiny.png")
+    return {"damaged.jpeg": "could not be read as a JPEG or PNG image", "tiny.png": "only 20x20 pixels"}
+
+
+def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowhere(page_url, model, test_images, hub,
+                                                                                        tmp_path):
     """10 X-rays and 3 non-X-rays picked through the page's file input: P(PNEUMONIA) within 0.01 of Python's
-    (PneumoniaClassifier.predict), the same decision and not-an-X-ray verdict, the same overlay."""
+    (PneumoniaClassifier.predict), the same decision and not-an-X-ray verdict, the same overlay. Unreadable and
+    tiny files get a reason, as in the Space."""
     from playwright.sync_api import sync_playwright
 
-    requests = []
+    requests, other_server = [], serve_folder(tmp_path)
+    elsewhere = f"http://127.0.0.1:{other_server.server_port}"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.on("request", lambda request: requests.append(request.url))
         page.goto(page_url)
-        page.wait_for_function("!document.getElementById('status').textContent.startsWith('Loading')", timeout=120_000)
+        page.locator("#xray:enabled, #status.error").first.wait_for(timeout=120_000)  # ready, or why not
         assert page.locator("#status").inner_text().startswith("Ready."), page.locator("#status").inner_text()
         assert page.locator("#privacy").inner_text().startswith("Nothing is uploaded.")
+        for name, problem in bad_files(tmp_path).items():  # refused with a reason; the page keeps working
+            page.locator("#xray").set_input_files(str(tmp_path / name))
+            page.locator("#status.error", has_text=problem).wait_for(timeout=30_000)
+            assert page.locator("#result").is_hidden()
+        # The browser refuses to send anything elsewhere (the page's Content-Security-Policy): a request to another
+        # server that is up, which would otherwise go out (no-cors), fails.
+        assert page.evaluate(f"fetch('{elsewhere}/upload', {{mode: 'no-cors'}}).then(() => 'sent', () => 'blocked')") \
+            == "blocked"
         answers, overlay = {}, None
         for path in test_images:
             page.locator("#xray").set_input_files(str(path))
@@ -112,6 +140,7 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
             if path == test_images[0]:
                 overlay = page.locator("#overlay").evaluate("canvas => canvas.toDataURL('image/png')")
         browser.close()
+    other_server.shutdown()
 
     differences = []
     for path, answer in answers.items():
@@ -132,6 +161,6 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
     assert np.abs(drawn.astype(np.int16) - python).mean() < 1.0
 
     # Only the page's own files and the model repo's files were requested: the images went nowhere.
-    model_files = f"http://127.0.0.1:{hub.server_port}/{MODEL_ID}/resolve/"
-    assert {url for url in requests if not url.startswith((page_url, model_files))} == set()
+    model_files = f"{hub_endpoint(hub)}/{MODEL_ID}/resolve/"
+    assert {url for url in requests if not url.startswith((page_url, model_files))} <= {f"{elsewhere}/upload"}
     assert {model_files + "main/onnx/model.onnx", model_files + "main/onnx/config.json"} <= set(requests)

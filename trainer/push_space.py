@@ -16,6 +16,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, SpaceCardData
 
@@ -77,9 +78,22 @@ def model_repo_settings(endpoint: str, model_id: str) -> bytes:
     return json.dumps({"endpoint": endpoint.rstrip("/"), "model_id": model_id, "revision": "main"}, indent=1).encode()
 
 
+def model_hosts(endpoint: str) -> str:
+    """The origins the page may fetch from besides its own: the Hub, and on huggingface.co its file storage hosts
+    (large files redirect to *.hf.co / *.huggingface.co)."""
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(endpoint))
+    return f"{origin} https://*.huggingface.co https://*.hf.co" if origin == "https://huggingface.co" else origin
+
+
+def page_file(name: str, endpoint: str) -> bytes:
+    """A page file as deployed: index.html's Content-Security-Policy names the Hub's origins."""
+    content = (PRIVATE_MODE / name).read_bytes()
+    return content.replace(b"MODEL_HOSTS", model_hosts(endpoint).encode()) if name == "index.html" else content
+
+
 def static_space_operations(model_id: str, endpoint: str) -> list[CommitOperationAdd]:
     """The private-mode page, its settings and its card, as commit operations."""
-    return ([CommitOperationAdd(name, PRIVATE_MODE / name) for name in PAGE_FILES]
+    return ([CommitOperationAdd(name, page_file(name, endpoint)) for name in PAGE_FILES]
             + [CommitOperationAdd("model_repo.json", model_repo_settings(endpoint, model_id)),
                CommitOperationAdd("README.md", str(static_space_card(model_id)).encode())])
 
