@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
-from huggingface_hub import SpaceCard, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
 from PIL import Image
 
 from dataset_scripts.non_xray_images import non_xray_images
@@ -18,7 +18,8 @@ from tests.conftest import sample_images
 from tests.hub_server import TOKEN, USER
 from tests.web import CHROMIUM, CHROMIUM_ARGS, needs_chromium, serve_folder
 from trainer.push import push_run
-from trainer.push_space import PAGE_FILES, PRIVATE_MODE, model_hosts, page_file, push_space
+from trainer.push_space import PAGE_FILES, PRIVATE_MODE, model_hosts, page_file, push_space, static_site
+from trainer.push_space import main as push_space_main
 
 MODEL_ID, SPACE_ID = f"{USER}/private-mode-model", f"{USER}/private-mode"
 NON_XRAYS = ["skimage_astronaut", "skimage_coffee", "rendered_document"]  # 512×512, 600×400, 600×800: all resized
@@ -75,6 +76,17 @@ def page_url(pushed_model, tmp_path_factory):
 
 def hub_endpoint(hub) -> str:
     return f"http://127.0.0.1:{hub.server_port}"
+
+
+def test_the_site_written_to_a_folder_is_the_one_the_space_gets(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    push_space_main(["--static", "--local_dir", "site", "--hub_model_id", "someone/model"])
+    assert "python -m http.server -d site" in capsys.readouterr().out
+    for name, content in static_site("someone/model", HfApi().endpoint).items():
+        assert (tmp_path / "site" / name).read_bytes() == content, name
+    with pytest.raises(SystemExit):
+        push_space_main(["--hub_model_id", "someone/model"])  # neither a Space nor a folder
+    assert "--space_id is required" in capsys.readouterr().err
 
 
 def test_the_page_may_fetch_only_from_the_hub_and_its_file_hosts():

@@ -9,6 +9,7 @@ to the model repo (app.py reads it).
 With --static it deploys private mode instead: a static Space (`sdk: static`) holding the page in
 private_mode/ (with its vendored ONNX Runtime Web) and model_repo.json, which names the Hub endpoint
 and the model repo whose onnx/ files the page downloads and runs in the visitor's browser.
+`--static --local_dir DIR` writes the same site to a folder instead, for a static web server of one's own.
 """
 
 import argparse
@@ -91,11 +92,20 @@ def page_file(name: str, endpoint: str) -> bytes:
     return content.replace(b"MODEL_HOSTS", model_hosts(endpoint).encode()) if name == "index.html" else content
 
 
-def static_space_operations(model_id: str, endpoint: str) -> list[CommitOperationAdd]:
-    """The private-mode page, its settings and its card, as commit operations."""
-    return ([CommitOperationAdd(name, page_file(name, endpoint)) for name in PAGE_FILES]
-            + [CommitOperationAdd("model_repo.json", model_repo_settings(endpoint, model_id)),
-               CommitOperationAdd("README.md", str(static_space_card(model_id)).encode())])
+def static_site(model_id: str, endpoint: str) -> dict[str, bytes]:
+    """{path: content} of the private-mode site: the page, its settings and its Space card."""
+    return ({name: page_file(name, endpoint) for name in PAGE_FILES}
+            | {"model_repo.json": model_repo_settings(endpoint, model_id),
+               "README.md": str(static_space_card(model_id)).encode()})
+
+
+def write_static_site(folder: str | Path, model_id: str, endpoint: str) -> Path:
+    """The private-mode site written to `folder`, for any static web server (an intranet one included)."""
+    folder = Path(folder)
+    for name, content in static_site(model_id, endpoint).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    return folder
 
 
 def space_files() -> list[Path]:
@@ -113,7 +123,8 @@ def gradio_space_operations(model_id: str) -> list[CommitOperationAdd]:
 def push_space(space_id: str, model_id: str, token: str | None = None, static: bool = False) -> CommitInfo:
     """Create or update the Space (the Gradio app, or with `static` the private-mode page) serving `model_id`."""
     api = HfApi(token=token)
-    operations = static_space_operations(model_id, api.endpoint) if static else gradio_space_operations(model_id)
+    operations = ([CommitOperationAdd(name, content) for name, content in static_site(model_id, api.endpoint).items()]
+                  if static else gradio_space_operations(model_id))
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="static" if static else "gradio", exist_ok=True)
         commit = api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy Pneumonia Detector")
@@ -126,12 +137,20 @@ def push_space(space_id: str, model_id: str, token: str | None = None, static: b
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space_id", required=True, help="Space repo, NAME/SPACE.")
+    parser.add_argument("--space_id", help="Space repo, NAME/SPACE.")
     parser.add_argument("--hub_model_id", required=True, help="Model repo the Space serves, NAME/REPO.")
     parser.add_argument("--hub_token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
     parser.add_argument("--static", action="store_true",
                         help="Deploy private mode: a static page that runs the model in the visitor's browser.")
+    parser.add_argument("--local_dir", help="With --static: write the page to this folder instead of pushing a Space "
+                                            "(serve it with any static web server).")
     args = parser.parse_args(argv)
+    if args.local_dir and args.static:
+        folder = write_static_site(args.local_dir, args.hub_model_id, HfApi().endpoint)
+        print(f"Wrote private mode for {args.hub_model_id} to {folder}; serve it, e.g. python -m http.server -d {folder}")
+        return
+    if not args.space_id:
+        parser.error("--space_id is required (or --static --local_dir DIR to write the page to a folder)")
     try:
         commit = push_space(args.space_id, args.hub_model_id, args.hub_token, args.static)
     except PushError as error:
