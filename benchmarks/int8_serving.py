@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from dataset_scripts.non_xray_images import non_xray_images  # noqa: E402
 from serving import PneumoniaClassifier  # noqa: E402
 from serving.predictor import Predictor  # noqa: E402
-from serving.runtime import INPUT, OUTPUTS, OnnxForward, ServingForward  # noqa: E402
+from serving.runtime import INPUT, OUTPUTS, OnnxForward, ServingForward, onnx_bytes  # noqa: E402
 
 
 class Batches(CalibrationDataReader):
@@ -46,10 +46,7 @@ class Batches(CalibrationDataReader):
 
 
 def export_fp32(model, path: Path) -> None:
-    example = torch.zeros(2, *model.preprocessing["input_size"])
-    program = torch.onnx.export(ServingForward(model).eval(), (example,), input_names=[INPUT], output_names=OUTPUTS,
-                                dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
-    program.save(str(path))
+    path.write_bytes(onnx_bytes(ServingForward(model), model.preprocessing["input_size"], OUTPUTS))
 
 
 class FileForward(OnnxForward):

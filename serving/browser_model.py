@@ -20,8 +20,8 @@ from torch import nn
 from .heatmap import HEATMAP_OPACITY, JET
 from .images import MAX_PIXELS, MIN_SIDE
 from .predictor import POSITIVE
+from .runtime import INPUT, onnx_bytes
 
-INPUT = "pixel_values"
 OUTPUTS = ["probabilities", "decision", "guard_distance", "looks_like_xray", "heatmap"]
 ONNX_FILE, CONFIG_FILE = "onnx/model.onnx", "onnx/config.json"  # where they live in the model repo
 
@@ -64,15 +64,6 @@ class BrowserModel(nn.Module):
         return probabilities, decision, guard_distance, guard_distance <= model.guard_threshold, heatmap
 
 
-def onnx_model(model: nn.Module) -> bytes:
-    """The browser graph as ONNX bytes (batch size dynamic), weights inside."""
-    exporting = BrowserModel(model).eval()
-    example = torch.zeros(1, *model.preprocessing["input_size"])
-    program = torch.onnx.export(exporting, (example,), input_names=[INPUT], output_names=OUTPUTS,
-                                dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
-    return program.model_proto.SerializeToString()
-
-
 def page_config(model: nn.Module) -> dict:
     """What the page needs besides the graph: the preprocessing to reproduce, labels and operating point (shown,
     the graph applies them itself), and the heatmap's colours."""
@@ -93,4 +84,5 @@ def page_config(model: nn.Module) -> dict:
 
 def browser_files(model: nn.Module) -> dict[str, bytes]:
     """{path in the model repo: content} for private mode: the ONNX graph and its JSON config."""
-    return {ONNX_FILE: onnx_model(model), CONFIG_FILE: json.dumps(page_config(model), indent=1).encode()}
+    graph = onnx_bytes(BrowserModel(model), model.preprocessing["input_size"], OUTPUTS)
+    return {ONNX_FILE: graph, CONFIG_FILE: json.dumps(page_config(model), indent=1).encode()}
