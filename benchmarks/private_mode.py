@@ -48,8 +48,8 @@ from trainer.push_space import push_space  # noqa: E402
 MODEL_ID, SPACE_ID = f"{USER}/pneumonia-detector", f"{USER}/private-mode"
 
 
-def deploy(run: str) -> tuple[str, int]:
-    """Push the run and the static Space to the loopback Hub; serve the Space's files. (page URL, download bytes)"""
+def deploy(run: str) -> str:
+    """Push the run and the static Space to the loopback Hub, print the download size, serve the Space's files."""
     hub = make_server(HUB_PORT)
     threading.Thread(target=hub.serve_forever, daemon=True).start()
     push_run(run, MODEL_ID, token=TOKEN)
@@ -61,7 +61,7 @@ def deploy(run: str) -> tuple[str, int]:
     model_bytes = sum(p.stat().st_size for p in (model / "onnx").iterdir())
     print(f"download: page + ONNX Runtime Web {page_bytes / 1e6:.1f} MB, model {model_bytes / 1e6:.1f} MB, "
           f"total {(page_bytes + model_bytes) / 1e6:.1f} MB")
-    return f"http://127.0.0.1:{serve_folder(site).server_port}/", page_bytes + model_bytes
+    return f"http://127.0.0.1:{serve_folder(site).server_port}/"
 
 
 def tab_memory_mb() -> float:
@@ -145,7 +145,7 @@ def main() -> None:
     if CHROMIUM is None:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
     images = IMAGES[: args.images + 1]
-    url, _ = deploy(args.run)
+    url = deploy(args.run)
     browser = browser_run(url, images, IMAGES)
     model = load_model(str(Path(args.run) / "best"))
     compare_with_python(model, browser["answers"])
