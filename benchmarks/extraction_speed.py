@@ -1,9 +1,10 @@
-"""Feature-extraction throughput (images/s): fp32 vs bf16, NCHW vs channels_last; on the GPU when there is one.
+"""Feature-extraction throughput (images/s): fp32 vs bf16, NCHW vs channels_last, eager vs ONNX Runtime; on the
+GPU when there is one.
 
 1. Backbone only, on batches already on the device: what each precision and memory layout can do.
-2. The trainer's own extraction (`trainer.features.extract_features`, channels_last) over real JPEGs
-   decoded by DataLoader workers, under Accelerate's `--mixed_precision no` and `bf16`, and how far the
-   bf16 features are from the fp32 ones.
+2. The trainer's own extraction (`trainer.features.Extractor`: features and guard statistics) over real JPEGs
+   decoded by DataLoader workers: eager channels_last under Accelerate's `--mixed_precision no` and `bf16`, and
+   (on a CPU) ONNX Runtime in fp32, and how far each engine's features are from eager fp32's.
 
     python benchmarks/extraction_speed.py --data_dir sample_data/chest_xray --repeat 8 --num_workers 8
 """
@@ -22,9 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from serving.preprocessing import eval_transform  # noqa: E402
-from trainer import PneumoniaClassifier  # noqa: E402
 from trainer.data import load_chest_xray, make_loader  # noqa: E402
-from trainer.features import extract_features  # noqa: E402
+from trainer.features import Extractor  # noqa: E402
+from trainer.model import model_for_training  # noqa: E402
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 
@@ -51,15 +52,20 @@ def backbone_rate(model, device, batch_size: int, precision: str, memory_format,
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def extraction(model, split, precision: str, batch_size: int, num_workers: int) -> tuple[float, torch.Tensor]:
-    """(images/s, features) of the trainer's extraction under Accelerate's mixed precision `precision`."""
+def extraction(model, split, precision: str, engine: str, batch_size: int,
+               num_workers: int) -> tuple[float, torch.Tensor]:
+    """(images/s, features) of the trainer's extraction by `engine` under Accelerate's mixed precision `precision`
+    (the ONNX export happens before the clock starts)."""
     AcceleratorState._reset_state(reset_partial_state=True)  # one Accelerator per precision in this process
     accelerator = Accelerator(mixed_precision=PRECISIONS[precision])
     model.to(accelerator.device)
     loader = accelerator.prepare(make_loader(split, eval_transform(model.preprocessing), batch_size, False,
                                              num_workers))
+    extractor = Extractor(model, engine)
+    if engine == "onnxruntime":
+        extractor.session
     started = time.perf_counter()
-    features = extract_features(model, loader, accelerator, precision)
+    features, _ = extractor(loader, accelerator, f"{engine} {precision}")
     return len(split) / (time.perf_counter() - started), torch.from_numpy(features)
 
 
@@ -76,7 +82,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
     torch.manual_seed(0)
-    model = PneumoniaClassifier.for_training("resnet18", pretrained=False, head_hidden_dim=256, dropout=0.5).to(device)
+    model = model_for_training("resnet18", pretrained=False, head_hidden_dim=256, dropout=0.5).to(device)
 
     print(f"\n1. backbone only, batch {args.batch_size} on the device")
     rates = {}
@@ -89,12 +95,15 @@ def main() -> None:
         print(f"   {precision:<5} {layout:<14} {rate:>9.0f} img/s  {rate / base:5.2f}x")
 
     split = datasets.concatenate_datasets([load_chest_xray(args.data_dir)["train"]] * args.repeat)
-    print(f"\n2. trainer extraction, {len(split)} real JPEGs, {args.num_workers} DataLoader workers, channels_last")
-    fp32_rate, fp32_features = extraction(model, split, "fp32", args.batch_size, args.num_workers)
-    bf16_rate, bf16_features = extraction(model, split, "bf16", args.batch_size, args.num_workers)
-    relative = ((bf16_features - fp32_features).abs().max() / fp32_features.abs().max()).item()
-    print(f"   fp32 {fp32_rate:>9.0f} img/s\n   bf16 {bf16_rate:>9.0f} img/s  {bf16_rate / fp32_rate:5.2f}x;"
-          f" max |bf16 - fp32| / max |fp32| = {relative:.1e}")
+    print(f"\n2. trainer extraction, {len(split)} real JPEGs, {args.num_workers} DataLoader workers")
+    runs = [("eager channels_last", "fp32", "eager"), ("eager channels_last", "bf16", "eager")]
+    runs += [("onnxruntime", "fp32", "onnxruntime")] if device.type == "cpu" else []
+    measured = {run: extraction(model, split, run[1], run[2], args.batch_size, args.num_workers) for run in runs}
+    base_rate, base_features = measured[runs[0]]
+    for (engine, precision, _), (rate, features) in measured.items():
+        relative = ((features - base_features).abs().max() / base_features.abs().max()).item()
+        print(f"   {engine:<20} {precision:<5} {rate:>9.0f} img/s  {rate / base_rate:5.2f}x;"
+              f" max |features - eager fp32| / max |eager fp32| = {relative:.1e}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,14 @@ def test_temperature_scaling_recovers_an_overconfidence_factor():
     assert fit_temperature(logits, labels) == pytest.approx(3.0, rel=0.1)
 
 
+@pytest.mark.parametrize("temperature", [0.1, 0.2])
+def test_temperature_scaling_recovers_an_underconfidence_factor(temperature):
+    """A weak head's logits are too small (best T < 1). L-BFGS with a fixed step returned NaN at T = 0.2 (which
+    crashed a finished training run) and 0.0013 at T = 0.1; the line search finds both."""
+    logits, labels = synthetic_logits(temperature=temperature)
+    assert fit_temperature(logits, labels) == pytest.approx(temperature, rel=0.1)
+
+
 def test_temperature_scaling_lowers_ece_and_brier_of_an_overconfident_model():
     logits, labels = synthetic_logits(temperature=4.0)
     temperature = fit_temperature(logits, labels)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
 from trainer.config import parse_config
 from trainer.data import load_chest_xray, make_loader, split_by_patient, train_transform
-from trainer.features import CachedViews, cache_key, extract_features
+from trainer.features import CachedViews, Extractor, cache_key
 from trainer.model import model_for_training
 from trainer.train import feature_loaders, main
 
@@ -28,7 +28,11 @@ def head_weights(output_dir):
 def full_fp32_convolutions():
     """On a GPU, cuDNN convolutions default to TF32 (a 10-bit mantissa), and the cached channels_last extraction and
     the uncached NCHW forward run different kernels: on an H100 the two heads then differed by 1e-4. Compare the
-    paths in full fp32 (a no-op on a CPU)."""
+    paths in full fp32. Not touched on a CPU: the ONNX exporter (the CPU's extraction engine) reads the legacy TF32
+    flag, which raises once the new API has set one."""
+    if not torch.cuda.is_available():
+        yield
+        return
     conv = torch.backends.cudnn.conv
     before, conv.fp32_precision = conv.fp32_precision, "ieee"
     yield
@@ -54,13 +58,20 @@ def test_a_second_run_reuses_the_cache_without_extracting_and_trains_the_same_he
     main([*QUICK, "--cache_views", "1", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "earlier")])
     main([*QUICK, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "first")])
     files = sorted(p.name for p in cache.iterdir())
-    assert len(files) == 3 and [f.split("-")[0] for f in files] == ["train", "train", "validation"]
+    # K=1's un-augmented view serves the guard; K=2 caches the guard's un-augmented images besides its views
+    assert [f.split("-")[0] for f in files] == ["guard", "train", "train", "validation"]
 
-    def no_extraction(*args, **kwargs):
-        raise AssertionError("features were extracted again")
+    passes = []
+    extract = Extractor.__call__
 
-    monkeypatch.setattr("trainer.features.extract_features", no_extraction)
+    def recording(self, loader, accelerator, description):
+        passes.append(description)
+        return extract(self, loader, accelerator, description)
+
+    monkeypatch.setattr("trainer.features.Extractor.__call__", recording)
     main([*QUICK, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "second")])
+    # The guard's statistics came from the cache too: the only pass over images is the test set's
+    assert passes == ["test"]
     assert sorted(p.name for p in cache.iterdir()) == files
     first, second = head_weights(tmp_path / "first"), head_weights(tmp_path / "second")
     assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
@@ -98,42 +109,49 @@ def train_split():
     return load_chest_xray(SAMPLE_DIR)["train"]
 
 
-def test_channels_last_extraction_gives_nchw_features_and_restores_the_layout(train_split):
+def test_extraction_engines_give_eager_features_and_statistics_and_restore_the_layout(train_split):
+    """channels_last eager and ONNX Runtime against a plain NCHW forward, on real images: features (for the head)
+    and guard statistics within 1e-4 (the engine is in the cache key, so caches of the two never mix)."""
     torch.manual_seed(0)
     accelerator = Accelerator()  # the CPU here; the GPU under benchmarks/gpu_check.sh
     model = model_for_training("resnet18", False, 16, 0.0).to(accelerator.device)
     split = train_split.select(range(12))
     loader = make_loader(split, model.transform, 6, False, 0)
-    features = extract_features(model, accelerator.prepare(loader), accelerator)
     with torch.no_grad():
-        expected = torch.cat([model.forward_features(batch["pixel_values"].to(accelerator.device)).cpu()
-                              for batch in loader])
-    torch.testing.assert_close(torch.from_numpy(features), expected, atol=1e-4, rtol=1e-4)
+        expected = [torch.cat(outputs).cpu() for outputs in zip(*(
+            model.features_and_statistics(batch["pixel_values"].to(accelerator.device)) for batch in loader))]
+    assert expected[0].shape == (12, 512) and expected[1].shape == (12, 1920)
+    for engine in ("eager", "onnxruntime"):
+        for extracted, reference in zip(Extractor(model, engine)(accelerator.prepare(loader), accelerator, engine),
+                                        expected):
+            torch.testing.assert_close(torch.from_numpy(extracted), reference, atol=1e-4, rtol=1e-4)
     assert all(p.is_contiguous() for p in model.parameters())
 
 
-def test_cache_key_changes_with_backbone_preprocessing_augmentation_data_and_views(train_split, sample_copy):
+def test_cache_key_changes_with_backbone_engine_preprocessing_augmentation_data_and_views(train_split, sample_copy):
     torch.manual_seed(0)
     model = model_for_training("resnet18", False, 16, 0.0)
     augmented = train_transform(model.preprocessing, 10.0)
-    key = cache_key(model, train_split, 3, augmented, 42)
-    assert cache_key(model, train_split, 3, train_transform(model.preprocessing, 10.0), 42) == key
-    assert cache_key(model, train_split, 2, augmented, 42) != key
-    assert cache_key(model, train_split, 3, train_transform(model.preprocessing, 5.0), 42) != key
-    assert cache_key(model, train_split, 3, model.transform, 42) != key
-    assert cache_key(model, train_split, 3, augmented, 43) != key
-    assert cache_key(model, train_split.select(range(100)), 3, augmented, 42) != key
+    key = cache_key(model, train_split, 3, augmented, 42, "onnxruntime")
+    assert cache_key(model, train_split, 3, train_transform(model.preprocessing, 10.0), 42, "onnxruntime") == key
+    assert cache_key(model, train_split, 2, augmented, 42, "onnxruntime") != key
+    assert cache_key(model, train_split, 3, train_transform(model.preprocessing, 5.0), 42, "onnxruntime") != key
+    assert cache_key(model, train_split, 3, model.transform, 42, "onnxruntime") != key
+    assert cache_key(model, train_split, 3, augmented, 43, "onnxruntime") != key
+    assert cache_key(model, train_split, 3, augmented, 42, "eager") != key
+    assert cache_key(model, train_split.select(range(100)), 3, augmented, 42, "onnxruntime") != key
     model.preprocessing = {**model.preprocessing, "interpolation": "bilinear"}
-    changed_preprocessing = cache_key(model, train_split, 3, augmented, 42)
+    changed_preprocessing = cache_key(model, train_split, 3, augmented, 42, "onnxruntime")
     assert changed_preprocessing != key
     with torch.no_grad():
         model.backbone.conv1.weight[0, 0, 0, 0] += 1.0
-    assert cache_key(model, train_split, 3, augmented, 42) != changed_preprocessing
+    assert cache_key(model, train_split, 3, augmented, 42, "onnxruntime") != changed_preprocessing
     copied = load_chest_xray(sample_copy)["train"]
     first = next((sample_copy / "train" / "NORMAL").iterdir())
     os.utime(first, (1, 1))  # same names and sizes, but a file changed since
     original = load_chest_xray(SAMPLE_DIR)["train"]
-    assert cache_key(model, copied, 3, augmented, 42) != cache_key(model, original, 3, augmented, 42)
+    assert (cache_key(model, copied, 3, augmented, 42, "onnxruntime")
+            != cache_key(model, original, 3, augmented, 42, "onnxruntime"))
 
 
 def test_each_epoch_sees_one_view_per_image_reproducibly():

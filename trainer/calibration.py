@@ -11,9 +11,10 @@ THRESHOLD_STRATEGIES = ("youden", "sensitivity:TARGET (e.g. sensitivity:0.95)", 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on validation (Guo et al., 2017),
-    clipped to TEMPERATURE_RANGE."""
+    clipped to TEMPERATURE_RANGE. A line search keeps L-BFGS from diverging: with a fixed step it returned NaN
+    (and so crashed the end of a finished run) on a weak head whose best T was 0.15."""
     log_temperature = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=200)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
     logits, labels = logits.double(), labels.long()
 
     def closure():

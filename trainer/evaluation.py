@@ -15,12 +15,12 @@ import evaluate
 import numpy as np
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from serving.model import ModelNotFound, load_model
 
 from .calibration import brier_score, expected_calibration_error
 from .data import BUNDLED_SAMPLE, DatasetLayoutError, load_chest_xray, make_loader
+from .features import Extractor, resolve_engine
 from .report import bootstrap_intervals, plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "pneumonia_metrics.py"
@@ -31,17 +31,12 @@ def load_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(METRIC_PATH))
 
 
-@torch.inference_mode()
-def predict_loader(model, dataloader, accelerator: Accelerator, description: str = "predict") -> tuple[np.ndarray, torch.Tensor]:
-    """Return (labels, logits) for every sample once, in order, gathered across processes."""
-    model.eval()
-    all_labels, all_logits = [], []
-    for batch in tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False):
-        logits = model(batch["pixel_values"]).float()
-        labels, logits = accelerator.gather_for_metrics((batch["labels"], logits))
-        all_labels.append(labels.cpu())
-        all_logits.append(logits.cpu())
-    return torch.cat(all_labels).numpy(), torch.cat(all_logits)
+def predict_logits(model, loader, accelerator: Accelerator, engine: str) -> torch.Tensor:
+    """Logits of every sample once, in loader order, gathered across processes: the backbone through `engine`
+    (trainer/features.py), then the head."""
+    features, _ = Extractor(model, resolve_engine(engine, accelerator))(loader, accelerator, "test")
+    with torch.inference_mode():
+        return model.head(torch.from_numpy(features).to(accelerator.device)).float().cpu()
 
 
 def compute_metrics(labels: np.ndarray, scores: np.ndarray, predictions: np.ndarray) -> dict:
@@ -69,15 +64,14 @@ def write_json(data: dict, path: Path) -> None:
 
 
 def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: datasets.Dataset, test_dir: Path,
-                     output_dir: Path, batch_size: int, num_workers: int) -> dict:
+                     output_dir: Path, batch_size: int, num_workers: int, engine: str = "auto") -> dict:
     """Evaluate a saved model on the test split at its threshold and at 0.5, with intervals and plots.
 
     Writes per-image predictions and the ROC, PR and reliability plots; returns `test_` metrics.
     """
-    model = load_model(str(model_dir), onnxruntime=False)
-    loader = make_loader(test, model.transform, batch_size, False, num_workers)
-    prepared, loader = accelerator.prepare(model, loader)
-    labels, logits = predict_loader(prepared, loader, accelerator, description="test")
+    model = load_model(str(model_dir), onnxruntime=False).to(accelerator.device)
+    loader = accelerator.prepare(make_loader(test, model.transform, batch_size, False, num_workers))
+    labels, logits = np.array(test["label"]), predict_logits(model, loader, accelerator, engine)
     # Calibration and decision exactly as the app, the CLI and PneumoniaClassifier.predict make them
     predictor = model.predictor
     scores = predictor.probabilities(logits)[:, 1].numpy()
@@ -111,6 +105,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--output_dir", default="outputs/eval", help="Where eval_results.json and plots are written.")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Batch size per process.")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes.")
+    parser.add_argument("--extraction_engine", default="auto", choices=["auto", "eager", "onnxruntime"],
+                        help="What runs the backbone: as the trainer's option of the same name.")
     args = parser.parse_args(argv)
 
     accelerator = Accelerator()
@@ -120,7 +116,7 @@ def main(argv=None) -> dict:
         if accelerator.is_main_process:
             output_dir.mkdir(parents=True, exist_ok=True)
         results = evaluate_on_test(accelerator, args.model, test, Path(args.data_dir) / "test", output_dir,
-                                   args.per_device_eval_batch_size, args.num_workers)
+                                   args.per_device_eval_batch_size, args.num_workers, args.extraction_engine)
     except (DatasetLayoutError, ModelNotFound) as error:
         sys.exit(f"error: {error}")
     if accelerator.is_main_process:

@@ -4,9 +4,10 @@ The statistics are the spatial mean and standard deviation of every channel of t
 GUARD_STAGES stages (960 channels, 1,920 numbers for a ResNet18): early stages catch texture and
 intensity (a smooth gradient, a photo), late ones content (Lee et al., 2018, use several layers for
 the same reason). Fitted when training ends: their mean and shrunk (Ledoit-Wolf) covariance over up
-to GUARD_FIT_IMAGES training images; the threshold is a high quantile of the *validation* images'
-Mahalanobis distances, so about (1 - quantile) of real X-rays are refused. All three are saved in the
-model's weights (buffers), so every consumer of a checkpoint applies the same guard.
+to GUARD_FIT_IMAGES un-augmented training images (cached with the features; fitted on augmented views
+instead, the guard let 2 of the 35 non-X-rays through); the threshold is a high quantile of the
+*validation* images' Mahalanobis distances, so about (1 - quantile) of real X-rays are refused. All
+three are saved in the model's weights (buffers), so every consumer of a checkpoint applies the same guard.
 """
 
 import numpy as np

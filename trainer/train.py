@@ -34,7 +34,7 @@ from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest, train_transform
 from .evaluation import evaluate_on_test, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
-from .features import CachedViews, cached_features, extract_features_and_statistics
+from .features import CachedViews, Extractor, cached_features, resolve_engine
 from .model import PneumoniaClassifier, model_for_training, sha256, weights_file
 from .push import push_run
 from .report import plot_confusion_matrix, plot_training_curves
@@ -169,27 +169,40 @@ def feature_cache_dir(config: TrainingConfig, output_dir: Path) -> Path:
 
 
 def feature_loaders(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
-                    output_dir: Path) -> tuple[DataLoader, DataLoader, CachedViews]:
-    """Backbone features computed once (`--cache_views K`), one view per image per epoch."""
+                    output_dir: Path) -> tuple[DataLoader, DataLoader, CachedViews, dict]:
+    """Backbone features computed once (`--cache_views K`), one view per image per epoch; also returns the cached
+    outputs ({"train", "validation", "guard"} -> features and guard statistics) for fitting the guard after
+    training: of the validation images, and of un-augmented training images (the un-augmented view when there
+    is one, else one more cached pass over up to GUARD_FIT_IMAGES of them)."""
     cache_dir = feature_cache_dir(config, output_dir)
+    extractor = Extractor(model, resolve_engine(config.extraction_engine, accelerator))
     augment = config.augment and config.cache_views > 1  # K=1: one un-augmented view
-    train_features = cached_features(model, splits["train"], "train", config.cache_views if augment else 1,
-                                     training_transform(config, model, augment), config, accelerator, cache_dir)
-    val_features = cached_features(model, splits["validation"], "validation", 1, model.transform,
-                                   config, accelerator, cache_dir)
-    train_set = CachedViews(train_features, splits["train"]["label"], config.seed)
-    val_set = CachedViews(val_features, splits["validation"]["label"], config.seed)
+    cached = {"train": cached_features(splits["train"], "train", config.cache_views if augment else 1,
+                                       training_transform(config, model, augment), config, accelerator, cache_dir,
+                                       extractor),
+              "validation": cached_features(splits["validation"], "validation", 1, model.transform, config,
+                                            accelerator, cache_dir, extractor)}
+    guard_images = guard_sample(len(splits["train"]), config.seed)
+    # The guard is fitted on un-augmented X-rays: statistics of augmented views let 2 of the 35 non-X-rays through
+    cached["guard"] = (cached_features(splits["train"].select(guard_images), "guard", 1, model.transform, config,
+                                       accelerator, cache_dir, extractor) if augment
+                       else {"statistics": cached["train"]["statistics"][guard_images]})
+    train_set = CachedViews(cached["train"]["features"], splits["train"]["label"], config.seed)
+    val_set = CachedViews(cached["validation"]["features"], splits["validation"]["label"], config.seed)
     return (DataLoader(train_set, batch_size=config.per_device_train_batch_size, shuffle=True),
-            DataLoader(val_set, batch_size=config.per_device_eval_batch_size), train_set)
+            DataLoader(val_set, batch_size=config.per_device_eval_batch_size), train_set, cached)
 
 
-def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict, output_dir: Path) -> dict:
+def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
+          output_dir: Path) -> tuple[dict, dict | None]:
     """Train the head, saving the best epoch to output_dir/best/ and a resumable state every epoch.
 
-    Returns the best epoch's record. Raises TrainingInterrupted after saving state on SIGTERM/SIGINT.
+    Returns the best epoch's record and, with the feature cache, the cached splits (None with --cache_views 0).
+    Raises TrainingInterrupted after saving state on SIGTERM/SIGINT.
     """
-    train_loader, val_loader, cached_train = (feature_loaders(config, accelerator, model, splits, output_dir)
-                                              if config.cache_views else image_loaders(config, model, splits))
+    train_loader, val_loader, cached_train, cached = (
+        feature_loaders(config, accelerator, model, splits, output_dir) if config.cache_views
+        else (*image_loaders(config, model, splits), None))
     criterion = class_weighted_loss(splits["train"]["label"]).to(accelerator.device)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
@@ -224,7 +237,7 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
     if accelerator.is_main_process:
         write_json({"history": progress.history}, output_dir / "training_history.json")
         plot_training_curves(progress.history, output_dir / "training_curves.png")
-    return progress.best
+    return progress.best, cached
 
 
 def save_best_model(model, best_head: dict, output_dir: Path) -> None:
@@ -259,16 +272,29 @@ def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, s
     progress.epoch_sums = {"losses": [], "correct": 0, "seen": 0}
 
 
-def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits: dict, output_dir: Path) -> dict:
+def guard_sample(train_images: int, seed: int) -> np.ndarray:
+    """Which training images (up to GUARD_FIT_IMAGES, a seeded random choice) the guard is fitted on."""
+    return np.random.default_rng(seed).permutation(train_images)[:GUARD_FIT_IMAGES]
+
+
+def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits: dict, output_dir: Path,
+                        cached: dict | None = None) -> dict:
     """Fit, on train/validation only, the not-an-X-ray guard, the temperature and the decision threshold;
-    save them into best/ and return them."""
+    save them into best/ and return them. The backbone's outputs come from the feature cache when there is one
+    (`cached`), else from one more pass over the images."""
     best_dir = output_dir / "best"
     model = PneumoniaClassifier.from_pretrained(best_dir).eval().to(accelerator.device)
-    guard_train = splits["train"].shuffle(seed=config.seed).select(range(min(GUARD_FIT_IMAGES, len(splits["train"]))))
-    _, train_statistics = extract_features_and_statistics(model, accelerator.prepare(
-        eval_loader(config, model, guard_train)), accelerator)
-    val_features, val_statistics = extract_features_and_statistics(model, accelerator.prepare(
-        eval_loader(config, model, splits["validation"])), accelerator)
+    if cached is None:
+        extract = Extractor(model, resolve_engine(config.extraction_engine, accelerator))
+        guard_images = splits["train"].select(guard_sample(len(splits["train"]), config.seed))
+        _, train_statistics = extract(accelerator.prepare(eval_loader(config, model, guard_images)), accelerator,
+                                      "guard statistics")
+        val_features, val_statistics = extract(accelerator.prepare(eval_loader(config, model, splits["validation"])),
+                                               accelerator, "validation features and guard statistics")
+    else:
+        train_statistics = cached["guard"]["statistics"].numpy()
+        val_features = cached["validation"]["features"][0].numpy()
+        val_statistics = cached["validation"]["statistics"].numpy()
     guard = fit_feature_guard(train_statistics, val_statistics)
     with torch.inference_mode():
         val_logits = model.head(torch.from_numpy(val_features).to(accelerator.device)).float().cpu()
@@ -285,8 +311,8 @@ def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits
 
 def set_verbosity(log_level: str) -> None:
     """`info`: the trainer's own lines (one per epoch); `debug`: also the libraries' chatter (Accelerate's
-    checkpoint saving, ~15 lines an epoch, and the Hub client's weight loading)."""
-    for library in ("accelerate", "huggingface_hub"):
+    checkpoint saving, ~15 lines an epoch, the Hub client's weight loading, the ONNX exporter's ~47 passes)."""
+    for library in ("accelerate", "huggingface_hub", "onnx_ir", "onnxscript"):
         logging.getLogger(library).setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
 
 
@@ -336,14 +362,15 @@ def main(argv=None) -> dict:
     model = model_for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout, weights)
 
     # Train!
-    best = train(config, accelerator, model, splits, output_dir)
+    best, cached = train(config, accelerator, model, splits, output_dir)
 
     # Fit the not-an-X-ray guard, the temperature and the threshold (validation only: test stays untouched)
-    fitted = finalise_best_model(config, accelerator, splits, output_dir)
+    fitted = finalise_best_model(config, accelerator, splits, output_dir, cached)
 
     # Evaluate the best model on the untouched test set
     results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], Path(config.data_dir) / "test",
-                               output_dir, config.per_device_eval_batch_size, config.num_workers)
+                               output_dir, config.per_device_eval_batch_size, config.num_workers,
+                               config.extraction_engine)
     results |= {"best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"],
                 "best_val_balanced_accuracy": best["balanced_accuracy"], "best_val_loss": best["loss"],
                 "metric_for_best_model": config.metric_for_best_model,
