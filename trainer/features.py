@@ -9,8 +9,9 @@ preprocessing, the augmentation, the seed, K and the exact files (name, size, mt
 recomputes it; a later run with the same key loads it from disk and skips extraction.
 
 Engines (`--extraction_engine`): eager PyTorch in channels_last, or the same computation exported to
-ONNX and run by ONNX Runtime, about 2x faster on a CPU (benchmarks/train_speed.py) with features within
-1e-6 of eager; `auto` takes ONNX Runtime on a CPU in fp32 and eager PyTorch elsewhere (GPU, bf16).
+ONNX and run by ONNX Runtime (on a 2-core CPU 2x faster per batch, 1.6x with JPEG decoding beside it;
+benchmarks/RESULTS.md) with features within 1e-6 of eager; `auto` takes ONNX Runtime on a CPU in fp32
+and eager PyTorch elsewhere (GPU, bf16).
 """
 
 import copy
