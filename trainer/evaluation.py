@@ -35,8 +35,13 @@ def predict_logits(model, loader, accelerator: Accelerator, engine: str) -> torc
     """Logits of every sample once, in loader order, gathered across processes: the backbone through `engine`
     (trainer/features.py), then the head."""
     features, _ = Extractor(model, resolve_engine(engine, accelerator))(loader, accelerator, "test")
-    with torch.inference_mode():
-        return model.head(torch.from_numpy(features).to(accelerator.device)).float().cpu()
+    return head_logits(model, features, accelerator)
+
+
+@torch.inference_mode()
+def head_logits(model, features: np.ndarray, accelerator: Accelerator) -> torch.Tensor:
+    """The classifier head on extracted backbone features (N, D): logits (N, 2) on the CPU."""
+    return model.head(torch.from_numpy(features).to(accelerator.device)).float().cpu()
 
 
 def compute_metrics(labels: np.ndarray, scores: np.ndarray, predictions: np.ndarray) -> dict:

@@ -32,7 +32,7 @@ from .checkpointing import (
 )
 from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest, train_transform
-from .evaluation import evaluate_on_test, results_table, write_json
+from .evaluation import evaluate_on_test, head_logits, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, Extractor, cached_features, resolve_engine
 from .model import PneumoniaClassifier, model_for_training, sha256, weights_file
@@ -296,8 +296,7 @@ def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits
         val_features = cached["validation"]["features"][0].numpy()
         val_statistics = cached["validation"]["statistics"].numpy()
     guard = fit_feature_guard(train_statistics, val_statistics)
-    with torch.inference_mode():
-        val_logits = model.head(torch.from_numpy(val_features).to(accelerator.device)).float().cpu()
+    val_logits = head_logits(model, val_features, accelerator)
     temperature, threshold = fit_operating_point(val_logits, np.array(splits["validation"]["label"]),
                                                  config.threshold_strategy)
     if accelerator.is_main_process:
