@@ -15,6 +15,7 @@ from .predictor import Prediction, Predictor
 
 MAX_FILES = 500  # per screening request in the Space
 MAX_UNZIPPED_BYTES = 1024 * 2**20  # what the archives of one request may expand to
+ENCRYPTED = 0x1  # bit 0 of a .zip member's general purpose flags (PKWARE APPNOTE 4.4.4)
 
 
 def csv_columns(labels: list[str]) -> list[str]:
@@ -39,6 +40,10 @@ def unzip_images(archive: Path, folder: Path) -> list[tuple[str, Path]]:
             members = [m for m in opened.infolist() if not m.is_dir() and Path(m.filename).suffix.lower()
                        in ACCEPTED_SUFFIXES and not Path(m.filename).name.startswith(".")
                        and "__MACOSX" not in m.filename]
+            if any(member.flag_bits & ENCRYPTED for member in members):
+                raise InputImageError(f"{archive.name} is password-protected, and the app cannot open encrypted "
+                                      "archives. Zip the images again without a password, or choose the image files "
+                                      "themselves.")
             unzipped = sum(member.file_size for member in members)
             if unzipped > MAX_UNZIPPED_BYTES:
                 raise InputImageError(f"{archive.name} expands to {unzipped / 2**20:.0f} MB, more than the "

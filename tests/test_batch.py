@@ -1,6 +1,8 @@
-"""The screening limits of serving/batch.py, without the app: what too many files or a zip bomb are told."""
+"""The screening limits of serving/batch.py, without the app: what too many files, a zip bomb or an encrypted
+archive are told."""
 
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +37,12 @@ def test_archive_members_cannot_escape_the_extraction_folder(tmp_path):
     assert name == "sly.zip/../../escaped.png"
     assert extracted.is_file() and extracted.is_relative_to(tmp_path / "out")
     assert not (tmp_path / "escaped.png").exists()
+
+
+def test_a_password_protected_archive_is_refused_with_what_to_do(tmp_path):
+    """tests/data/password_protected.zip: a bundled X-ray zipped by Info-ZIP with `zip -P secret`."""
+    archive = Path(__file__).parent / "data" / "password_protected.zip"
+    with pytest.raises(InputImageError, match="password_protected.zip is password-protected, and the app cannot open "
+                                              "encrypted archives. Zip the images again without a password"):
+        batch.screening_files([str(archive)], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
