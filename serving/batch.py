@@ -16,6 +16,7 @@ from .predictor import Prediction, Predictor
 MAX_FILES = 500  # per screening request in the Space
 MAX_UNZIPPED_BYTES = 1024 * 2**20  # what the archives of one request may expand to
 ENCRYPTED = 0x1  # bit 0 of a .zip member's general purpose flags (PKWARE APPNOTE 4.4.4)
+UNPACKABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}  # what zipfile can read
 
 
 def csv_columns(labels: list[str]) -> list[str]:
@@ -44,6 +45,11 @@ def unzip_images(archive: Path, folder: Path) -> list[tuple[str, Path]]:
                 raise InputImageError(f"{archive.name} is password-protected, and the app cannot open encrypted "
                                       "archives. Zip the images again without a password, or choose the image files "
                                       "themselves.")
+            if unreadable := [m for m in members if m.compress_type not in UNPACKABLE]:
+                method = zipfile.compressor_names.get(unreadable[0].compress_type, "an unknown method")
+                raise InputImageError(f"{archive.name} compresses {unreadable[0].filename} with {method}, which the "
+                                      "app cannot unpack. Zip the images again with ordinary (Deflate) compression, "
+                                      "or choose the image files themselves.")
             unzipped = sum(member.file_size for member in members)
             if unzipped > MAX_UNZIPPED_BYTES:
                 raise InputImageError(f"{archive.name} expands to {unzipped / 2**20:.0f} MB, more than the "

@@ -46,3 +46,13 @@ def test_a_password_protected_archive_is_refused_with_what_to_do(tmp_path):
                                               "encrypted archives. Zip the images again without a password"):
         batch.screening_files([str(archive)], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_archive_compressed_with_a_method_zipfile_cannot_read_is_refused_with_what_to_do(tmp_path):
+    """tests/data/deflate64.zip: a bundled X-ray zipped by 7-Zip with `7z a -tzip -mm=Deflate64`;
+    Python's zipfile cannot unpack Deflate64."""
+    archive = Path(__file__).parent / "data" / "deflate64.zip"
+    with pytest.raises(InputImageError, match="deflate64.zip compresses IM-0007-0001.jpeg with deflate64, which the "
+                                              "app cannot unpack. Zip the images again with ordinary"):
+        batch.screening_files([str(archive)], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
