@@ -166,7 +166,8 @@ class PneumoniaClassifier(
             "model_type": "pneumonia_classifier",
             "architectures": ["PneumoniaForImageClassification"],
             "auto_map": {"AutoConfig": "modeling_pneumonia.PneumoniaConfig",
-                         "AutoModelForImageClassification": "modeling_pneumonia.PneumoniaForImageClassification"},
+                         "AutoModelForImageClassification": "modeling_pneumonia.PneumoniaForImageClassification",
+                         "AutoImageProcessor": "modeling_pneumonia.PneumoniaImageProcessor"},
             # pipeline("image-classification", trust_remote_code=True) ranks the decided label first
             "custom_pipelines": {"image-classification": {
                 "impl": "modeling_pneumonia.PneumoniaClassificationPipeline",
@@ -174,8 +175,7 @@ class PneumoniaClassifier(
             "id2label": dict(enumerate(self.labels)),
             "label2id": {label: i for i, label in enumerate(self.labels)},
             "num_features": self.backbone.num_features,
-            # transformers' stock TimmWrapperImageProcessor reads these from config.json
-            "image_processor_type": "TimmWrapperImageProcessor",
+            # the image processor (TimmWrapperImageProcessor, subclassed in the remote code) reads this
             "pretrained_cfg": self.preprocessing,
         }
 

@@ -32,14 +32,37 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Runs with the same data, seed and backbone share cached features, so most test runs skip extraction.
+# Runs with the same data, seed, backbone and views share cached features, so most test runs skip extraction.
 SHARED_FEATURE_CACHE = tempfile.mkdtemp(prefix="pneumonia-tests-feature-cache-")
-FAST_TRAINING = ["--no_pretrained", "--num_workers", "0", "--cache_dir", SHARED_FEATURE_CACHE]
+# Two cached views: the resume tests' (test_resume.py), so their runs find the session's cache too.
+FAST_TRAINING = ["--no_pretrained", "--num_workers", "0", "--cache_dir", SHARED_FEATURE_CACHE, "--cache_views", "2"]
 SAMPLE_DIR = REPO_ROOT / "sample_data" / "chest_xray"
+
+
+# Tests that use these (the session's trained models, the app, the browser) are marked slow by
+# pytest_collection_modifyitems; tests that train or start a new Python process carry the mark themselves.
+SLOW_FIXTURES = {"trained_run", "served_run", "served_model", "app_url", "pushed_served_model", "browser"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark slow every test that needs a slow fixture, so none slips into the everyday tier (`-m "not slow"`)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def sample_images(split: str, class_name: str, count: int) -> list[Path]:
     return sorted((SAMPLE_DIR / split / class_name).glob("*.jpeg"))[:count]
+
+
+def cli_error(main, argv: list[str]) -> str:
+    """The error a command line's `main(argv)` stops with, run in this process as transformers' example tests do:
+    `sys.exit("error: ...")`, which Python prints as one line on stderr with exit status 1, not a traceback."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    message = exited.value.code
+    assert isinstance(message, str) and message.startswith("error: "), message
+    return message
 
 
 def confidences(label_output: dict) -> dict[str, float]:
@@ -70,6 +93,29 @@ def sample_copy(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sample(tmp_path_factory) -> Path:
+    """A 60-image copy of the bundled sample (train 20 + 20, test 10 + 10) for tests of training mechanics (caches,
+    resuming, weights files) whose assertions do not depend on the data's size: extraction takes seconds."""
+    destination = tmp_path_factory.mktemp("tiny") / "chest_xray"
+    for split, count in (("train", 20), ("test", 10)):
+        for class_name in ("NORMAL", "PNEUMONIA"):
+            (destination / split / class_name).mkdir(parents=True)
+            for path in sample_images(split, class_name, count):
+                shutil.copy(path, destination / split / class_name)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory) -> Path:
+    """A saved, loadable model that was never trained: for tests of errors that come before any prediction."""
+    from serving import PneumoniaClassifier
+
+    folder = tmp_path_factory.mktemp("untrained") / "best"
+    PneumoniaClassifier().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One real end-to-end training run on the bundled sample, shared by the tests that inspect it (with
     TensorBoard logging, which test_cli.py reads)."""
@@ -95,6 +141,15 @@ def served_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def served_model(served_run):
+    """The served model, loaded once (eager PyTorch): the reference the app, the CLI and the page are compared with.
+    Tests that change its operating point load their own copy."""
+    from serving import PneumoniaClassifier
+
+    return PneumoniaClassifier.from_pretrained(served_run / "best")
+
+
+@pytest.fixture(scope="session")
 def hub():
     """The Hub-protocol test server (tests/hub_server.py), on the loopback port HF_ENDPOINT names."""
     from tests.hub_server import make_server
@@ -104,6 +159,30 @@ def hub():
     thread.start()
     yield server
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pushed_served_model(hub, served_run) -> str:
+    """The served model pushed once by trainer.push (weights, card, private mode's onnx/ files) to the test Hub."""
+    from tests.hub_server import TOKEN, USER
+    from trainer.push import push_run
+
+    model_id = f"{USER}/served-model"
+    push_run(served_run, model_id, token=TOKEN)
+    return model_id
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (Debian's, driven by Playwright) for the whole session; each test opens its own page."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.web import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture(scope="session")

@@ -25,24 +25,19 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-@pytest.fixture(scope="module")
-def model(served_run):
-    return PneumoniaClassifier.from_pretrained(served_run / "best")
-
-
-def assert_serves_a_real_xray(client, model):
+def assert_serves_a_real_xray(client, served_model):
     image = sample_images("test", "NORMAL", 1)[0]
     label, _, comparison, overlay_png = client.predict(handle_file(str(image)), api_name="/predict")
-    assert confidences(label) == pytest.approx(model.predict(image), abs=1e-6)
+    assert confidences(label) == pytest.approx(served_model.predict(image), abs=1e-6)
     assert len(comparison) == 2 and overlay_png is not None
 
 
-def test_predictions_equal_the_package_predict_and_the_heading_is_the_decision(client, model):
+def test_predictions_equal_the_package_predict_and_the_heading_is_the_decision(client, served_model):
     for image in sample_images("test", "NORMAL", 2) + sample_images("test", "PNEUMONIA", 2):
         label, decision, _, _ = client.predict(handle_file(str(image)), api_name="/predict")
-        expected = model.predict(image)
+        expected = served_model.predict(image)
         assert confidences(label) == pytest.approx(expected, abs=1e-6)
-        verdict = "PNEUMONIA" if expected["PNEUMONIA"] >= model.threshold else "NORMAL"
+        verdict = "PNEUMONIA" if expected["PNEUMONIA"] >= served_model.threshold else "NORMAL"
         assert label["label"] == verdict and label["confidences"][0]["label"] == verdict
         assert f"Model output: {verdict}" in decision and "not for clinical use" in decision
 
@@ -89,10 +84,10 @@ def test_heatmap_explains_the_decision_at_the_threshold_not_the_argmax(served_ru
 
 
 @pytest.mark.parametrize("variant", ["mono2_8bit", "mono2_16bit", "mono1_8bit", "mono1_12bit", "mono2_12bit_window"])
-def test_dicom_gives_the_answer_of_its_source_image(client, model, tmp_path, variant):
+def test_dicom_gives_the_answer_of_its_source_image(client, served_model, tmp_path, variant):
     source = sample_images("test", "PNEUMONIA", 1)[0]
     label, _, (shown, _), _ = client.predict(handle_file(str(dicom_variants(tmp_path)[variant])), api_name="/predict")
-    expected = model.predict(Image.open(source).convert("L"))
+    expected = served_model.predict(Image.open(source).convert("L"))
     # 12-bit windows round grey levels by up to 1; the served model's temperature (about 0.05) magnifies that
     # 20x in probability (measured up to 2.1e-3). The pixels themselves are checked in test_serving.py.
     assert confidences(label) == pytest.approx(expected, abs=5e-3)
@@ -112,19 +107,19 @@ def test_a_non_xray_gets_no_diagnosis(client, tmp_path, name):
 
 @pytest.mark.parametrize("case", ["no upload", "zero-byte file", "text renamed .png", "PDF renamed .png",
                                   "truncated JPEG", "DICOM without pixel data", "30,000 x 30,000 PNG", "10 x 10 image"])
-def test_bad_upload_gets_a_readable_error_and_the_app_keeps_serving(client, model, tmp_path, case):
+def test_bad_upload_gets_a_readable_error_and_the_app_keeps_serving(client, served_model, tmp_path, case):
     path, phrase = bad_uploads(tmp_path)[case]
     with pytest.raises(AppError, match=phrase):
         client.predict(handle_file(str(path)) if path else None, api_name="/predict")
-    assert_serves_a_real_xray(client, model)
+    assert_serves_a_real_xray(client, served_model)
 
 
-def test_uploads_over_the_size_cap_are_refused(client, model, tmp_path):
+def test_uploads_over_the_size_cap_are_refused(client, served_model, tmp_path):
     oversized = tmp_path / "huge.png"
     oversized.write_bytes(os.urandom(26 * 1024 * 1024))
     with pytest.raises(Exception, match="(?i)file size|too large|413|exceeds"):
         client.predict(handle_file(str(oversized)), api_name="/predict")
-    assert_serves_a_real_xray(client, model)
+    assert_serves_a_real_xray(client, served_model)
 
 
 def test_app_without_a_model_exits_with_instructions(tmp_path):
@@ -135,7 +130,7 @@ def test_app_without_a_model_exits_with_instructions(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_screening_files_and_a_zip_gives_a_row_per_image_with_the_columns_of_trainer_predict(client, model, tmp_path):
+def test_screening_files_and_a_zip_gives_a_row_per_image_with_the_columns_of_trainer_predict(client, served_model, tmp_path):
     normal, pneumonia = sample_images("test", "NORMAL", 1)[0], sample_images("test", "PNEUMONIA", 2)
     corrupt = tmp_path / "corrupt.jpeg"
     corrupt.write_bytes(normal.read_bytes()[:300])
@@ -148,23 +143,23 @@ def test_screening_files_and_a_zip_gives_a_row_per_image_with_the_columns_of_tra
 
     with open(csv_file, newline="") as file:
         rows = list(csv.DictReader(file))
-    assert table["headers"] == list(rows[0]) == ["path", "prediction", *model.labels, "looks_like_chest_xray",
+    assert table["headers"] == list(rows[0]) == ["path", "prediction", *served_model.labels, "looks_like_chest_xray",
                                                  "guard_distance", "error"]
     assert [row["path"] for row in rows] == [normal.name, corrupt.name] + [f"studies.zip/ward/{p.name}" for p in pneumonia]
     assert [row[0] for row in table["data"]] == [row["path"] for row in rows]
     assert "damaged or incomplete" in rows[1]["error"] and rows[1]["prediction"] == ""
     for row, image in zip(rows[:1] + rows[2:], [normal, *pneumonia]):
-        expected = model.predict(image)
+        expected = served_model.predict(image)
         assert float(row["PNEUMONIA"]) == pytest.approx(expected["PNEUMONIA"], abs=1e-5)
-        assert row["prediction"] == ("PNEUMONIA" if expected["PNEUMONIA"] >= model.threshold else "NORMAL")
+        assert row["prediction"] == ("PNEUMONIA" if expected["PNEUMONIA"] >= served_model.threshold else "NORMAL")
         assert row["error"] == "" and row["looks_like_chest_xray"] == "True"
 
 
-def test_screening_a_broken_zip_or_nothing_is_a_readable_error(client, model, tmp_path):
+def test_screening_a_broken_zip_or_nothing_is_a_readable_error(client, served_model, tmp_path):
     not_a_zip = tmp_path / "studies.zip"
     not_a_zip.write_text("this is not a zip archive")
     with pytest.raises(AppError, match="studies.zip is not a readable .zip archive"):
         client.predict([handle_file(str(not_a_zip))], api_name="/screen")
     with pytest.raises(AppError, match="No images to screen"):
         client.predict([], api_name="/screen")
-    assert_serves_a_real_xray(client, model)
+    assert_serves_a_real_xray(client, served_model)

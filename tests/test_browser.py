@@ -7,22 +7,19 @@ from PIL import Image
 
 from tests.app_inputs import bad_uploads
 from tests.conftest import sample_images
-from tests.web import CHROMIUM, CHROMIUM_ARGS, needs_chromium
+from tests.web import needs_chromium
 
-pytestmark = needs_chromium
+pytestmark = [needs_chromium, pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture
-def page(app_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(app_url)
-        page.get_by_role("button", name="Analyse").wait_for(timeout=60_000)
-        yield page
-        browser.close()
+def page(app_url, browser):
+    """A fresh page (its own browser context) of the session's Chromium, showing the app."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(app_url)
+    page.get_by_role("button", name="Analyse").wait_for(timeout=60_000)
+    yield page
+    page.close()
 
 
 def analyse(page, path):

@@ -82,3 +82,25 @@ def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate():
     accuracy = ((scores >= 0.5) == labels).mean()
     low, high = first["accuracy"]
     assert low < accuracy < high and high - low < 0.2
+
+
+def test_bootstrap_metrics_of_all_resamples_at_once_equal_sklearn_per_resample():
+    """The vectorised bootstrap computes, for every resample, what sklearn's confusion_matrix and roc_auc_score give
+    (ties in the scores included: the ROC-AUC is the rank statistic with averaged ranks)."""
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    from trainer.report import batched_screening_metrics, stratified_resamples
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 120)
+    scores = np.round(np.clip(labels * 0.3 + rng.random(120) * 0.7, 0, 1), 2)  # rounded: many ties
+    index = np.stack(list(stratified_resamples(labels, 50, seed=1)))
+    batched = batched_screening_metrics(labels[index], (scores[index] >= 0.5).astype(int), scores[index])
+    for row, resample in enumerate(index):
+        y, s = labels[resample], scores[resample]
+        (tn, fp), (fn, tp) = confusion_matrix(y, (s >= 0.5).astype(int), labels=[0, 1])
+        assert batched["accuracy"][row] == pytest.approx((tp + tn) / len(y), abs=1e-12)
+        assert batched["sensitivity"][row] == pytest.approx(tp / (tp + fn), abs=1e-12)
+        assert batched["specificity"][row] == pytest.approx(tn / (tn + fp), abs=1e-12)
+        assert batched["f1"][row] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+        assert batched["roc_auc"][row] == pytest.approx(roc_auc_score(y, s), abs=1e-12)

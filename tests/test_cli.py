@@ -1,4 +1,9 @@
-"""The command lines as a user runs them: clear errors instead of tracebacks, the dataset scripts."""
+"""The command lines as a user runs them: clear errors instead of tracebacks, the dataset scripts.
+
+Error paths run each command's `main(argv)` in this process (tests/conftest.py `cli_error`); the commands also start
+in new interpreters elsewhere: `python -m trainer` in test_hub.py and test_resume.py, `trainer.predict` in
+test_predict.py and test_serving.py, `accelerate launch` in test_features.py and test_threads.py.
+"""
 
 import json
 import os
@@ -9,7 +14,11 @@ import time
 
 import pytest
 
-from tests.conftest import REPO_ROOT, SAMPLE_DIR
+from dataset_scripts.check_dataset import main as check_dataset
+from tests.conftest import REPO_ROOT, SAMPLE_DIR, cli_error
+from trainer.__main__ import cli as trainer
+from trainer.evaluation import main as evaluation
+from trainer.predict import main as predict
 
 
 def run(*args, env=None, timeout=300):
@@ -21,30 +30,34 @@ def test_trainer_rejects_a_broken_folder_without_a_traceback(sample_copy, tmp_pa
     emptied = sample_copy / "train" / "PNEUMONIA"
     for image in emptied.iterdir():
         image.unlink()
-    result = run("-m", "trainer", "--data_dir", str(sample_copy), "--no_pretrained", "--output_dir", str(tmp_path / "out"))
-    assert result.returncode == 1
-    assert f"error: Class folder {emptied} holds no images" in result.stderr
-    assert "Traceback" not in result.stderr
+    message = cli_error(trainer, ["--data_dir", str(sample_copy), "--no_pretrained", "--output_dir", str(tmp_path / "out")])
+    assert message.startswith(f"error: Class folder {emptied} holds no images")
     assert not (tmp_path / "out" / "best").exists()
 
 
-def test_trainer_offline_with_pretrained_weights_stops_at_once(tmp_path):
+def test_trainer_offline_with_pretrained_weights_stops_at_once(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 in the shell sets
     started = time.perf_counter()
-    result = run("-m", "trainer", "--output_dir", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 1
-    assert "ImageNet weights" in result.stderr and "--no_pretrained" in result.stderr
-    assert "Traceback" not in result.stderr
+    message = cli_error(trainer, ["--output_dir", str(tmp_path / "out")])
+    assert "ImageNet weights" in message and "--no_pretrained" in message
     assert time.perf_counter() - started < 60
 
 
 def test_invalid_option_values_are_rejected_after_parsing(tmp_path):
-    result = run("-m", "trainer", "--val_fraction", "0.7", "--output_dir", str(tmp_path))
-    assert result.returncode == 1 and "--val_fraction must be between 0 and 0.5" in result.stderr
+    message = cli_error(trainer, ["--val_fraction", "0.7", "--output_dir", str(tmp_path)])
+    assert "--val_fraction must be between 0 and 0.5" in message
+    message = cli_error(trainer, ["--checkpoint_total_limit", "0", "--output_dir", str(tmp_path)])
+    assert "--checkpoint_total_limit must be at least 1" in message
 
 
+@pytest.mark.slow
 def test_metric_module_loads_by_path_offline():
-    code = ("from trainer.evaluation import load_metric; import json; "
-            "print(json.dumps(load_metric().compute(predictions=[0, 1, 1, 1, 0], references=[0, 0, 1, 1, 1], "
+    """As its docstring tells users to load it, in a Python with the Hub and evaluate's downloads switched off."""
+    code = ("import evaluate, json; "
+            "metric = evaluate.load('trainer/metrics/pneumonia_metrics.py'); "
+            "print(json.dumps(metric.compute(predictions=[0, 1, 1, 1, 0], references=[0, 0, 1, 1, 1], "
             "scores=[0.1, 0.6, 0.8, 0.9, 0.4])))")
     result = run("-c", code, env={"HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
@@ -55,19 +68,19 @@ def test_metric_module_loads_by_path_offline():
     assert metrics["roc_auc"] == pytest.approx(5 / 6)
 
 
-def test_check_dataset_reports_counts_and_patients():
-    result = run("-m", "dataset_scripts.check_dataset", str(SAMPLE_DIR))
-    assert result.returncode == 0, result.stderr
-    assert "train  NORMAL          100" in result.stdout and "test   PNEUMONIA        61" in result.stdout
-    assert result.stdout.strip().endswith("OK")
+def test_check_dataset_reports_counts_and_patients(capsys):
+    assert check_dataset([str(SAMPLE_DIR)]) == 0  # the exit status
+    stdout = capsys.readouterr().out
+    assert "train  NORMAL          100" in stdout and "test   PNEUMONIA        61" in stdout
+    assert stdout.strip().endswith("OK")
 
 
-def test_check_dataset_names_unreadable_files(sample_copy):
+def test_check_dataset_names_unreadable_files(sample_copy, capsys):
     broken = sample_copy / "test" / "NORMAL" / "broken.jpeg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    result = run("-m", "dataset_scripts.check_dataset", str(sample_copy))
-    assert result.returncode == 1
-    assert f"unreadable: {broken}" in result.stderr and "1 unreadable file(s)" in result.stdout
+    assert check_dataset([str(sample_copy)]) == 1
+    output = capsys.readouterr()
+    assert f"unreadable: {broken}" in output.err and "1 unreadable file(s)" in output.out
 
 
 def test_kaggle_download_fails_clearly_when_offline(tmp_path):
@@ -114,36 +127,38 @@ def test_rerunning_over_resumable_states_stops_and_names_both_ways_out(trained_r
     ("trainer.predict", "missing model", "No model could be loaded from"),
     ("trainer.predict", "mistyped image path", "No such file or folder"),
 ])
-def test_evaluation_and_predict_answer_user_errors_in_one_line(trained_run, tmp_path, command, problem, phrase):
-    model = str(tmp_path / "no-model") if problem == "missing model" else str(trained_run[0] / "best")
+def test_evaluation_and_predict_answer_user_errors_in_one_line(untrained_model_dir, tmp_path, monkeypatch, command,
+                                                              problem, phrase):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # a missing model is not looked for on the Hub
+    model = str(tmp_path / "no-model") if problem == "missing model" else str(untrained_model_dir)
     data = str(tmp_path / "no-data") if problem == "wrong data folder" else str(SAMPLE_DIR)
     image = str(tmp_path / "scna.jpeg") if problem == "mistyped image path" else str(SAMPLE_DIR / "test")
     arguments = (["--model", model, "--data_dir", data, "--output_dir", str(tmp_path / "out")]
                  if command == "trainer.evaluation" else [image, "--model", model, "--output", str(tmp_path / "p.csv")])
-    result = run("-m", command, *arguments, env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and phrase in error_lines[0], result.stderr[-1000:]
+    message = cli_error(evaluation if command == "trainer.evaluation" else predict, arguments)
+    assert phrase in message.splitlines()[0] and sum(line.startswith("error: ") for line in message.splitlines()) == 1
 
 
-def test_training_offline_with_local_imagenet_weights_records_their_hash(tmp_path):
+@pytest.mark.slow
+def test_training_offline_with_local_imagenet_weights_records_their_hash(tmp_path, tiny_sample, monkeypatch):
     """HF_HUB_OFFLINE=1: the real recipe runs from a local weights file; its sha256 lands in training_config.json
     and the model card, and the trained backbone is the file's. A file for another architecture: one error line."""
     import hashlib
 
     import torch
+    from huggingface_hub import constants
     from safetensors.torch import load_file
 
     from tests.test_model import saved_backbone
     from trainer.model_card import build_model_card
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 in the shell sets
     weights = tmp_path / "resnet18.safetensors"
     reference = saved_backbone("resnet18", weights)
-    common = ["-m", "trainer", "--num_train_epochs", "1", "--num_workers", "0", "--cache_views", "1"]
-    result = run(*common, "--pretrained_weights", str(weights), "--output_dir", str(tmp_path / "out"),
-                 env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
+    common = ["--num_train_epochs", "1", "--num_workers", "0", "--cache_views", "1", "--data_dir", str(tiny_sample)]
+    trainer([*common, "--pretrained_weights", str(weights), "--output_dir", str(tmp_path / "out")])
     recorded = json.loads((tmp_path / "out" / "training_config.json").read_text())
     assert recorded["pretrained_weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     trained = load_file(tmp_path / "out" / "best" / "model.safetensors")
@@ -152,7 +167,6 @@ def test_training_offline_with_local_imagenet_weights_records_their_hash(tmp_pat
     assert f"sha256 `{recorded['pretrained_weights_sha256']}`" in card
 
     saved_backbone("resnet34", tmp_path / "resnet34.pth")
-    result = run(*common, "--pretrained_weights", str(tmp_path / "resnet34.pth"), "--output_dir", str(tmp_path / "x"),
-                 env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "does not fit a resnet18 backbone: 0 missing keys; 80 unexpected keys" in result.stderr
+    message = cli_error(trainer, [*common, "--pretrained_weights", str(tmp_path / "resnet34.pth"), "--output_dir",
+                                  str(tmp_path / "x")])
+    assert "does not fit a resnet18 backbone: 0 missing keys; 80 unexpected keys" in message

@@ -92,6 +92,13 @@ def test_squash_keeps_the_whole_wide_image():
     assert tensor[0, :, :10].mean() > 0.9 and tensor[0, :, -10:].mean() < 0.1
 
 
+def test_a_local_folder_loads_without_download_bars(sample_copy, capfd):
+    """datasets labels its progress bars "Downloading data" even for local files; nothing is downloaded."""
+    data = load_chest_xray(sample_copy)  # a new path: datasets builds its cache anew, as on a first run
+    assert len(data["train"]) == 300
+    assert "Downloading" not in capfd.readouterr().err
+
+
 def test_missing_data_dir_is_named(tmp_path):
     with pytest.raises(DatasetLayoutError, match=f"{tmp_path / 'nowhere'} does not exist.*--data_dir"):
         load_chest_xray(tmp_path / "nowhere")

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
 from trainer.config import parse_config
 from trainer.data import load_chest_xray, make_loader, split_by_patient, train_transform
+from trainer.evaluation import main as evaluation
 from trainer.features import CachedViews, Extractor, cache_key
 from trainer.model import model_for_training
 from trainer.train import feature_loaders, main
@@ -39,9 +40,11 @@ def full_fp32_convolutions():
     conv.fp32_precision = before
 
 
-def test_cached_and_uncached_paths_train_the_same_head(tmp_path, full_fp32_convolutions):
-    main([*QUICK, "--cache_views", "1", "--output_dir", str(tmp_path / "cached")])
-    main([*QUICK, "--cache_views", "0", "--no_augment", "--output_dir", str(tmp_path / "uncached")])
+@pytest.mark.slow
+def test_cached_and_uncached_paths_train_the_same_head(tmp_path, tiny_sample, full_fp32_convolutions):
+    quick = [*QUICK, "--data_dir", str(tiny_sample)]
+    main([*quick, "--cache_views", "1", "--output_dir", str(tmp_path / "cached")])
+    main([*quick, "--cache_views", "0", "--no_augment", "--output_dir", str(tmp_path / "uncached")])
     cached, uncached = head_weights(tmp_path / "cached"), head_weights(tmp_path / "uncached")
     assert cached.keys() == uncached.keys() and len(cached) == 4
     fresh = model_for_training("resnet18", False, 256, 0.5).head.state_dict()
@@ -50,13 +53,15 @@ def test_cached_and_uncached_paths_train_the_same_head(tmp_path, full_fp32_convo
         assert not torch.equal(value, fresh[key.removeprefix("head.")])  # the head did train
 
 
-def test_a_second_run_reuses_the_cache_without_extracting_and_trains_the_same_head(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_second_run_reuses_the_cache_without_extracting_and_trains_the_same_head(tmp_path, tiny_sample, monkeypatch):
     """The run that builds a cache and the run that reuses it train the same head. The builder here extracts its
     training views while its validation features come from an earlier run's cache: extraction reseeds torch once
     per view, which once moved the data order of such a run (Accelerate's sampler took torch's initial seed)."""
     cache = tmp_path / "cache"
-    main([*QUICK, "--cache_views", "1", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "earlier")])
-    main([*QUICK, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "first")])
+    quick = [*QUICK, "--data_dir", str(tiny_sample)]
+    main([*quick, "--cache_views", "1", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "earlier")])
+    main([*quick, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "first")])
     files = sorted(p.name for p in cache.iterdir())
     # K=1's un-augmented view serves the guard; K=2 caches the guard's un-augmented images besides its views
     assert [f.split("-")[0] for f in files] == ["guard", "train", "train", "validation"]
@@ -69,7 +74,7 @@ def test_a_second_run_reuses_the_cache_without_extracting_and_trains_the_same_he
         return extract(self, loader, accelerator, description)
 
     monkeypatch.setattr("trainer.features.Extractor.__call__", recording)
-    main([*QUICK, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "second")])
+    main([*quick, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "second")])
     # The guard's statistics came from the cache too: the only pass over images is the test set's
     assert passes == ["test"]
     assert sorted(p.name for p in cache.iterdir()) == files
@@ -77,21 +82,21 @@ def test_a_second_run_reuses_the_cache_without_extracting_and_trains_the_same_he
     assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
-def cache_training_views(cache, *options):
+def cache_training_views(data_dir, cache, *options):
     """What a training run caches before its first epoch (train.feature_loaders, as train() calls it), no training."""
     config = parse_config([*QUICK, *options, "--cache_dir", str(cache), "--output_dir", str(cache / "unused")])
-    data = load_chest_xray(SAMPLE_DIR)
+    data = load_chest_xray(data_dir)
     train_split, val_split = split_by_patient(data["train"], config.val_fraction, config.seed)
     model = model_for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
     feature_loaders(config, Accelerator(), model, {"train": train_split, "validation": val_split}, cache)
 
 
-def test_every_cached_view_is_an_augmented_draw_and_no_augment_caches_one_view(tmp_path):
+def test_every_cached_view_is_an_augmented_draw_and_no_augment_caches_one_view(tmp_path, tiny_sample):
     """K views are K draws of the uncached path's augmentation: an un-augmented view among them would train the
     head on a different mix of images than --cache_views 0 does. --no_augment caches one un-augmented view."""
     cache = tmp_path / "cache"
-    cache_training_views(cache, "--cache_views", "2")
-    cache_training_views(cache, "--cache_views", "2", "--no_augment")
+    cache_training_views(tiny_sample, cache, "--cache_views", "2")
+    cache_training_views(tiny_sample, cache, "--cache_views", "2", "--no_augment")
     train_caches = {len(features): features for features in
                     (load_file(path)["features"] for path in cache.glob("train-*.safetensors"))}
     assert sorted(train_caches) == [1, 2]
@@ -167,10 +172,13 @@ def test_each_epoch_sees_one_view_per_image_reproducibly():
     assert torch.equal(views.views, first) and not torch.equal(first, second)
 
 
+@pytest.mark.slow
 def test_two_process_cached_run_evaluates_every_test_image_once(tmp_path):
     """A real two-process gloo run (ACCELERATE_USE_CPU + --multi_gpu starts two processes on a CPU box), checked
-    against a single-process evaluation. Both run on the CPU with any GPU hidden: on a one-GPU machine rank 1
-    would otherwise look for a second GPU, and the two evaluations would differ by the GPU's kernels."""
+    against a single-process evaluation (in this process). Both run on the CPU with any GPU hidden: on a one-GPU
+    machine rank 1 would otherwise look for a second GPU, and the two evaluations would differ by the GPU's kernels.
+    The training views come from the session's shared cache when an earlier run filled it; the test set is always
+    extracted by the two processes."""
     cpu_only = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
 
     def run(*args):
@@ -182,13 +190,12 @@ def test_two_process_cached_run_evaluates_every_test_image_once(tmp_path):
 
     output_dir = tmp_path / "ddp"
     log = run("accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "trainer", *FAST_TRAINING,
-              "--num_train_epochs", "1", "--cache_views", "2", "--output_dir", str(output_dir))
+              "--num_train_epochs", "1", "--output_dir", str(output_dir))
     # The two processes split the cores instead of each taking all of them (trainer/threads.py)
     assert log.count(f"torch threads: {max(1, len(os.sched_getaffinity(0)) // 2)}\n") == 2
     distributed = json.loads((output_dir / "all_results.json").read_text())
     assert distributed["test_samples"] == 101 and sum(map(sum, distributed["test_confusion_matrix"])) == 101
-    run("trainer.evaluation", "--model", str(output_dir / "best"), "--output_dir", str(tmp_path / "single"),
-        "--num_workers", "0")
+    evaluation(["--model", str(output_dir / "best"), "--output_dir", str(tmp_path / "single"), "--num_workers", "0"])
     single = json.loads((tmp_path / "single" / "eval_results.json").read_text())
     assert single["test_confusion_matrix"] == distributed["test_confusion_matrix"]
     for key in ("test_accuracy", "test_roc_auc", "test_sensitivity", "test_specificity"):

@@ -3,6 +3,7 @@
 import ast
 import asyncio
 import base64
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from gradio_client import Client, handle_file
@@ -19,13 +20,15 @@ def data_url(path, mime: str) -> str:
 
 
 def mcp_session(app_url: str, calls):
-    """Run `calls(session)` in an initialised MCP session with the app; return what it returns."""
+    """Run `calls(session)` in an initialised MCP session with the app; return what it returns. The client's event
+    loop runs in a thread of its own: Playwright's sync API (the session's browser) keeps one running in this one."""
     async def run():
         async with streamable_http_client(f"{app_url}gradio_api/mcp/") as (read, write, _):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 return await calls(session)
-    return asyncio.run(run())
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
 
 
 def test_the_prediction_tool_is_listed_with_its_threshold_and_caveat(app_url):

@@ -126,3 +126,16 @@ def test_plots_are_real_images(trained_run, name):
         assert plot.format == "PNG" and plot.width > 300 and plot.height > 300
         colours = plot.convert("RGB").getcolors(maxcolors=1_000_000)
     assert len(colours) > 50  # text, axes and curves or cells, not a blank canvas
+
+
+def test_the_best_folder_carries_the_model_card_of_the_run(trained_run):
+    """best/README.md is the project's card (results, threshold, limitations), as trainer.push pushes it, not the
+    Hub mixin's stub: best/ uploaded with `hf upload` or copied anywhere carries it."""
+    from huggingface_hub import ModelCard
+
+    output_dir, results = trained_run
+    card = ModelCard.load(output_dir / "best" / "README.md")  # test_hub.py checks that a push leaves the pushed card
+    assert card.data.license == "cc-by-4.0" and "More Information Needed" not in card.text
+    for phrase in ("Research demo, not for clinical use", "Intended use and limitations", "untouched test set",
+                   f"{results['test_accuracy']:.4f}", f"at least\n{results['decision_threshold']:.3f}"):
+        assert phrase in card.text, phrase

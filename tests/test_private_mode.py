@@ -13,21 +13,14 @@ from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
 from PIL import Image
 
 from dataset_scripts.non_xray_images import non_xray_images
-from serving import PneumoniaClassifier
 from tests.conftest import sample_images
 from tests.hub_server import TOKEN, USER
-from tests.web import CHROMIUM, CHROMIUM_ARGS, needs_chromium, serve_folder
-from trainer.push import push_run
+from tests.web import needs_chromium, serve_folder
 from trainer.push_space import PAGE_FILES, PRIVATE_MODE, model_hosts, page_file, push_space, static_site
 from trainer.push_space import main as push_space_main
 
-MODEL_ID, SPACE_ID = f"{USER}/private-mode-model", f"{USER}/private-mode"
+SPACE_ID = f"{USER}/private-mode"
 NON_XRAYS = ["skimage_astronaut", "skimage_coffee", "rendered_document"]  # 512×512, 600×400, 600×800: all resized
-
-
-@pytest.fixture(scope="module")
-def model(served_run):
-    return PneumoniaClassifier.from_pretrained(served_run / "best")
 
 
 @pytest.fixture(scope="module")
@@ -42,31 +35,24 @@ def test_images(tmp_path_factory):
     return xrays[:8] + sorted(folder.glob("*_*.png")) + [folder / f"{name}.png" for name in NON_XRAYS]
 
 
-@pytest.fixture(scope="module")
-def pushed_model(hub, served_run):
-    """A model freshly pushed by trainer.push (which exports private mode's files with every push)."""
-    push_run(served_run, MODEL_ID, token=TOKEN)
-    return MODEL_ID
-
-
-def test_the_pushed_graph_gives_the_predictors_answers(pushed_model, model, test_images):
+def test_the_pushed_graph_gives_the_predictors_answers(pushed_served_model, served_model, test_images):
     """ONNX Runtime (Python) on the pushed onnx/model.onnx: probabilities, decision, guard and Grad-CAM as the
     Predictor computes them."""
-    session = onnxruntime.InferenceSession(hf_hub_download(pushed_model, "onnx/model.onnx", token=TOKEN))
+    session = onnxruntime.InferenceSession(hf_hub_download(pushed_served_model, "onnx/model.onnx", token=TOKEN))
     for path in test_images:
-        expected = model.analyse(path, heatmap=True)
+        expected = served_model.analyse(path, heatmap=True)
         probabilities, decision, distance, looks_like_xray, heatmap = session.run(
-            None, {"pixel_values": model.transform(model.predictor.read(path)).unsqueeze(0).numpy()})
-        assert probabilities[0] == pytest.approx([expected.probabilities[label] for label in model.labels], abs=1e-5)
-        assert model.labels[decision[0]] == expected.decision and bool(looks_like_xray[0]) == expected.looks_like_xray
+            None, {"pixel_values": served_model.transform(served_model.predictor.read(path)).unsqueeze(0).numpy()})
+        assert probabilities[0] == pytest.approx([expected.probabilities[label] for label in served_model.labels], abs=1e-5)
+        assert served_model.labels[decision[0]] == expected.decision and bool(looks_like_xray[0]) == expected.looks_like_xray
         assert distance[0] == pytest.approx(expected.guard_distance, rel=1e-4)
         np.testing.assert_allclose(heatmap[0], expected.heatmap, rtol=1e-4, atol=1e-5 * expected.heatmap.max())
 
 
 @pytest.fixture(scope="module")
-def page_url(pushed_model, tmp_path_factory):
+def page_url(pushed_served_model, tmp_path_factory):
     """The static Space deployed for the pushed model, served from a local static server."""
-    push_space(SPACE_ID, pushed_model, token=TOKEN, static=True)
+    push_space(SPACE_ID, pushed_served_model, token=TOKEN, static=True)
     site = snapshot_download(SPACE_ID, repo_type="space", token=TOKEN,
                              local_dir=tmp_path_factory.mktemp("private-space"))
     server = serve_folder(site)
@@ -94,14 +80,14 @@ def test_the_page_may_fetch_only_from_the_hub_and_its_file_hosts():
     assert model_hosts("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
 
 
-def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pushed_model, tmp_path):
-    push_space(SPACE_ID, pushed_model, token=TOKEN, static=True)
+def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pushed_served_model, tmp_path):
+    push_space(SPACE_ID, pushed_served_model, token=TOKEN, static=True)
     site = Path(snapshot_download(SPACE_ID, repo_type="space", token=TOKEN, local_dir=tmp_path))
     card = SpaceCard.load(site / "README.md")
-    assert card.data.sdk == "static" and card.data.app_file == "index.html" and card.data.models == [pushed_model]
+    assert card.data.sdk == "static" and card.data.app_file == "index.html" and card.data.models == [pushed_served_model]
     assert "not for clinical use" in card.text
     assert json.loads((site / "model_repo.json").read_text()) == {
-        "endpoint": hub_endpoint(hub), "model_id": pushed_model, "revision": "main"}
+        "endpoint": hub_endpoint(hub), "model_id": pushed_served_model, "revision": "main"}
     for name in PAGE_FILES:  # the vendored runtime included: the page loads nothing from a CDN
         assert (site / name).read_bytes() == page_file(name, hub_endpoint(hub)), name
     page_code = "".join((PRIVATE_MODE / name).read_text() for name in ("index.html", "app.js", "preprocessing.js"))
@@ -109,7 +95,6 @@ def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pu
     assert f"connect-src 'self' {hub_endpoint(hub)};" in (site / "index.html").read_text()
 
 
-@needs_chromium
 def bad_files(folder) -> dict[str, str]:
     """Files the page must refuse (as every entry point does), written to `folder`: {name: what the page says}."""
     (folder / "damaged.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
@@ -117,18 +102,18 @@ def bad_files(folder) -> dict[str, str]:
     return {"damaged.jpeg": "could not be read as a JPEG or PNG image", "tiny.png": "only 20x20 pixels"}
 
 
-def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowhere(page_url, model, test_images, hub,
+@pytest.mark.browser
+@needs_chromium
+def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowhere(page_url, served_model, test_images, hub,
+                                                                                        browser, pushed_served_model,
                                                                                         tmp_path):
     """10 X-rays and 3 non-X-rays picked through the page's file input: P(PNEUMONIA) within 0.01 of Python's
     (PneumoniaClassifier.predict), the same decision and not-an-X-ray verdict, the same overlay. Unreadable and
     tiny files get a reason, as in the Space."""
-    from playwright.sync_api import sync_playwright
-
     requests, other_server = [], serve_folder(tmp_path)
     elsewhere = f"http://127.0.0.1:{other_server.server_port}"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
         page.on("request", lambda request: requests.append(request.url))
         page.goto(page_url)
         page.locator("#xray:enabled, #status.error").first.wait_for(timeout=120_000)  # ready, or why not
@@ -151,12 +136,13 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
             answers[path]["text"] = page.locator("#answer").inner_text()
             if path == test_images[0]:
                 overlay = page.locator("#overlay").evaluate("canvas => canvas.toDataURL('image/png')")
-        browser.close()
+    finally:
+        page.close()
     other_server.shutdown()
 
     differences = []
     for path, answer in answers.items():
-        expected = model.analyse(path, heatmap=path == test_images[0])
+        expected = served_model.analyse(path, heatmap=path == test_images[0])
         differences.append(abs(float(answer["pneumonia"]) - expected.probabilities["PNEUMONIA"]))
         assert differences[-1] <= 0.01, path.name
         assert answer["looksLikeXray"] == str(expected.looks_like_xray).lower(), path.name
@@ -164,15 +150,15 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
         shown = "Model output" if expected.looks_like_xray else "This does not look like a chest X-ray"
         assert answer["text"].startswith(shown), path.name
     print(f"largest |P(PNEUMONIA) page - Python| over {len(answers)} images: {max(differences):.2e}")
-    assert sum(not model.analyse(path).looks_like_xray for path in test_images[-3:]) >= 1  # the guard is exercised
+    assert sum(not served_model.analyse(path).looks_like_xray for path in test_images[-3:]) >= 1  # the guard is exercised
 
     # The heatmap drawn by the page is Python's overlay of the same radiograph (a 224×224 JPEG: shown at its size).
     drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(overlay.split(",")[1]))).convert("RGB"))
-    radiograph = model.predictor.read(test_images[0])
-    python = np.asarray(model.analyse(radiograph, heatmap=True).overlay(radiograph), dtype=np.int16)
+    radiograph = served_model.predictor.read(test_images[0])
+    python = np.asarray(served_model.analyse(radiograph, heatmap=True).overlay(radiograph), dtype=np.int16)
     assert np.abs(drawn.astype(np.int16) - python).mean() < 1.0
 
     # Only the page's own files and the model repo's files were requested: the images went nowhere.
-    model_files = f"{hub_endpoint(hub)}/{MODEL_ID}/resolve/"
+    model_files = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/"
     assert {url for url in requests if not url.startswith((page_url, model_files))} <= {f"{elsewhere}/upload"}
     assert {model_files + "main/onnx/model.onnx", model_files + "main/onnx/config.json"} <= set(requests)

@@ -3,8 +3,6 @@ and the loopback Hub reading the result; bad site folders refused before anythin
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from serving.model import load_model
-from tests.conftest import REPO_ROOT, SAMPLE_DIR, pipeline_answers, sample_images
+from tests.conftest import SAMPLE_DIR, cli_error, pipeline_answers, sample_images
 from tests.hub_server import TOKEN, USER
 from trainer.push import push_run
 from trainer.recalibrate import main as recalibrate
@@ -67,6 +65,13 @@ def test_report_has_before_and_cross_fitted_after_with_intervals(recalibrated):
     assert (output_dir / "recalibration_reliability.png").stat().st_size > 10_000
 
 
+def test_the_recalibrated_model_folder_carries_the_card_that_says_so(recalibrated):
+    _, output_dir, report = recalibrated
+    card = ModelCard.load(output_dir / "best" / "README.md")
+    assert "## Recalibrated for a new site" in card.text and "Research demo, not for clinical use" in card.text
+    assert f"at least\n{report['changed']['threshold'][1]:.3f}" in card.text
+
+
 def test_recalibrated_run_pushes_with_a_card_that_says_so(recalibrated, hub):
     _, output_dir, report = recalibrated
     push_run(output_dir, f"{USER}/recalibrated", token=TOKEN)
@@ -87,10 +92,6 @@ def site_copy(tmp_path, normal: int = 25, pneumonia: int = 25):
     return site
 
 
-def run_cli(model, site, output_dir):
-    return subprocess.run([sys.executable, "-m", "trainer.recalibrate", "--model", str(model), "--data_dir",
-                           str(site), "--output_dir", str(output_dir), "--num_workers", "0"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
 def broken_site(tmp_path, problem):
@@ -106,11 +107,11 @@ def broken_site(tmp_path, problem):
 
 
 @pytest.mark.parametrize("problem", ["too few", "kaggle layout", "unreadable"])
-def test_bad_site_folders_get_one_line_and_nothing_is_written(trained_run, tmp_path, problem):
+def test_bad_site_folders_get_one_line_and_nothing_is_written(untrained_model_dir, tmp_path, problem):
     site, message = broken_site(tmp_path, problem)
-    result = run_cli(trained_run[0], site, tmp_path / "out")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert message in result.stderr
+    error = cli_error(recalibrate, ["--model", str(untrained_model_dir), "--data_dir", str(site), "--output_dir",
+                                    str(tmp_path / "out"), "--num_workers", "0"])
+    assert message in error
     assert not (tmp_path / "out").exists()
 
 

@@ -9,10 +9,13 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tests.conftest import FAST_TRAINING, REPO_ROOT
 from trainer.train import main
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 # Small batches make each epoch long enough (~0.3 s) for the signal to land mid-run.
 RUN = [*FAST_TRAINING, "--num_train_epochs", "40", "--per_device_train_batch_size", "4", "--cache_views", "2",
@@ -71,3 +74,37 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
                              "--resume_from_checkpoint", "latest"], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1 and "no checkpoint under" in result.stderr
+
+
+def state_files(checkpoint) -> dict:
+    """The weights and the optimizer's state that a resumable state holds."""
+    return {"weights": load_file(checkpoint / "model.safetensors"),
+            "optimizer": torch.load(checkpoint / "optimizer.bin", weights_only=True)}
+
+
+def test_without_the_feature_cache_resuming_restores_data_order_weights_and_optimizer_exactly(tmp_path, tiny_sample):
+    """--cache_views 0 (images decoded, augmented and run through the backbone every epoch), resumed from a lean state
+    at an epoch boundary: the same shuffles, head weights and Adam moments as the uninterrupted run, as README promises
+    (mid-epoch, the augmentation of the batch prefetched at the interruption is drawn again). A state holds the head's
+    weights only, not the frozen backbone or the guard's matrix."""
+    uncached = [*FAST_TRAINING, "--data_dir", str(tiny_sample), "--cache_views", "0", "--num_train_epochs", "3",
+                "--per_device_train_batch_size", "8", "--checkpoint_total_limit", "3"]
+    main([*uncached, "--output_dir", str(tmp_path / "straight")])
+    main([*uncached, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
+          str(tmp_path / "straight" / "checkpoints" / "checkpoint_0")])  # after epoch 1
+
+    straight_history = json.loads((tmp_path / "straight" / "training_history.json").read_text())["history"]
+    resumed_history = json.loads((tmp_path / "resumed" / "training_history.json").read_text())["history"]
+    for before, after in zip(straight_history, resumed_history):
+        before.pop("seconds"), after.pop("seconds")
+    assert resumed_history == straight_history  # the same batches in the same order: the same losses, epoch by epoch
+    straight = state_files(tmp_path / "straight" / "checkpoints" / "checkpoint_2")
+    resumed = state_files(tmp_path / "resumed" / "checkpoints" / "checkpoint_1")  # numbered on in the new folder
+    assert straight["weights"].keys() == resumed["weights"].keys() == {
+        "head.0.weight", "head.0.bias", "head.3.weight", "head.3.bias"}
+    assert all(torch.equal(straight["weights"][key], resumed["weights"][key]) for key in straight["weights"])
+    for moments, resumed_moments in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert all(torch.equal(moments[key], resumed_moments[key]) for key in ("step", "exp_avg", "exp_avg_sq"))
+    assert comparable(tmp_path / "resumed") == comparable(tmp_path / "straight")
+    sizes = [sum(f.stat().st_size for f in state.iterdir()) for state in (tmp_path / "straight" / "checkpoints").iterdir()]
+    assert len(sizes) == 3 and max(sizes) < 5 * 2**20, sizes  # was ~71 MB with the backbone and the guard's matrix

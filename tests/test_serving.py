@@ -19,19 +19,13 @@ from serving import InputImageError, PneumoniaClassifier
 from serving.heatmap import grad_cam, upsample
 from tests.app_inputs import bad_uploads, dicom_variants
 from tests.conftest import REPO_ROOT, SAMPLE_DIR, pipeline_answers, sample_images
-from tests.hub_server import TOKEN, USER
 from trainer.model import model_for_training
-from trainer.push import push_run
+from trainer.predict import main as predict
 
 # Largest difference allowed between our Grad-CAM map and pytorch-grad-cam's, both scaled to [0, 1] at 224 x 224:
 # float32 rounding of two different computations of the same gradient (measured up to 6e-5).
 GRAD_CAM_TOLERANCE = 2e-4
 TEST_IMAGES = sorted((SAMPLE_DIR / "test").glob("*/*.jpeg"))
-
-
-@pytest.fixture(scope="module")
-def model(served_run):
-    return PneumoniaClassifier.from_pretrained(served_run / "best")
 
 
 def reference_grad_cam(model, image, class_index: int) -> np.ndarray:
@@ -59,10 +53,10 @@ def test_heatmap_equals_pytorch_grad_cam_on_the_last_stage(served_run, engine):
     assert compared >= 12
 
 
-def test_concurrent_visitors_get_the_heatmap_and_probabilities_of_their_own_image(app_url, model):
+def test_concurrent_visitors_get_the_heatmap_and_probabilities_of_their_own_image(app_url, served_model):
     images = TEST_IMAGES[::12][:8]
     assert len({p.name for p in images}) == 8
-    assert all(model.analyse(p, heatmap=True).heatmap.max() > 0 for p in images)  # every map shows something
+    assert all(served_model.analyse(p, heatmap=True).heatmap.max() > 0 for p in images)  # every map shows something
 
     def ask(path):
         label, _, _, overlay_png = Client(app_url, verbose=False).predict(handle_file(str(path)), api_name="/predict")
@@ -79,20 +73,17 @@ def test_concurrent_visitors_get_the_heatmap_and_probabilities_of_their_own_imag
             f"{np.abs(shown.astype(int) - shown_alone).max()} grey levels"
 
 
-def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(served_run, model, app_url, hub,
-                                                                                  tmp_path):
-    assert model.threshold == pytest.approx(0.8)
-    project = {str(p): model.analyse(p) for p in TEST_IMAGES}
-    between = [p for p, answer in project.items() if 0.5 <= answer.probabilities["PNEUMONIA"] < model.threshold]
+def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(served_run, served_model, app_url,
+                                                                                  pushed_served_model, tmp_path):
+    assert served_model.threshold == pytest.approx(0.8)
+    project = {str(p): served_model.analyse(p) for p in TEST_IMAGES}
+    between = [p for p, answer in project.items() if 0.5 <= answer.probabilities["PNEUMONIA"] < served_model.threshold]
     assert between, "no image lies between 0.5 and the threshold: the test could not tell argmax from decision"
     assert all(project[p].decision == "NORMAL" for p in between)
 
-    # The batch CLI
+    # The batch CLI (its main, in this process; test_predict.py runs it as a command)
     output = tmp_path / "predictions.csv"
-    result = subprocess.run([sys.executable, "-m", "trainer.predict", str(SAMPLE_DIR / "test"), "--model",
-                             str(served_run / "best"), "--output", str(output)], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    predict([str(SAMPLE_DIR / "test"), "--model", str(served_run / "best"), "--output", str(output)])
     cli = {row["path"]: row["prediction"] for row in csv.DictReader(output.open())}
 
     # The Space (what a visitor sees first: the label's heading and the decision text)
@@ -109,9 +100,7 @@ def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(
     screened = dict(zip(project, (row[1] for row in table["data"])))
 
     # The Hub model through transformers alone
-    model_id = f"{USER}/threshold-0.8"
-    push_run(served_run, model_id, token=TOKEN)
-    pipeline = dict(zip(project, pipeline_answers(model_id, list(project), tmp_path)))
+    pipeline = dict(zip(project, pipeline_answers(pushed_served_model, list(project), tmp_path)))
 
     for path, answer in project.items():
         assert cli[path] == app[path] == screened[path] == pipeline[path][0]["label"] == answer.decision, path
@@ -121,16 +110,17 @@ def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(
         assert pipeline[path][0]["score"] >= 0.5 >= pipeline[path][1]["score"]
 
 
-def test_predict_reads_the_dicom_variants_the_app_reads(model, tmp_path):
+def test_predict_reads_the_dicom_variants_the_app_reads(served_model, tmp_path):
     source = Image.open(sample_images("test", "PNEUMONIA", 1)[0]).convert("L")
-    expected = model.predict(source)
+    expected = served_model.predict(source)
     for name, path in dicom_variants(tmp_path).items():
-        rendered = np.asarray(model.predictor.read(path).convert("L"), dtype=int)
+        rendered = np.asarray(served_model.predictor.read(path).convert("L"), dtype=int)
         assert np.abs(rendered - np.asarray(source, dtype=int)).max() <= 1, name  # the same radiograph, +-1 grey level
-        assert model.predict(path) == pytest.approx(expected, abs=5e-3), name  # see test_app's DICOM test
+        assert served_model.predict(path) == pytest.approx(expected, abs=5e-3), name  # see test_app's DICOM test
 
 
-def test_predict_refuses_unusable_files_with_the_apps_messages(model, tmp_path):
+def test_predict_refuses_unusable_files_with_the_apps_messages(untrained_model_dir, tmp_path):
+    model = PneumoniaClassifier.from_pretrained(untrained_model_dir)  # refused before any prediction: any model will do
     for case, (path, phrase) in bad_uploads(tmp_path).items():
         with pytest.raises(InputImageError, match=phrase):
             model.predict(path)

@@ -32,6 +32,7 @@ def launched_threads(tmp_path, launch_args: list[str], **env) -> tuple[list[int]
     return counts, result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CORES < 2, reason="needs 2 cores to tell the cores from accelerate's default of 1")
 def test_the_readme_command_uses_every_core(tmp_path):
     counts, log = launched_threads(tmp_path, [])
@@ -39,6 +40,7 @@ def test_the_readme_command_uses_every_core(tmp_path):
     assert "accelerate launch set OMP_NUM_THREADS=1 by default" in log
 
 
+@pytest.mark.slow
 def test_a_thread_count_set_in_the_shell_is_kept(tmp_path):
     counts, log = launched_threads(tmp_path, [], OMP_NUM_THREADS="1")
     assert counts == [1] and "by default" not in log

@@ -1,15 +1,23 @@
 """Resumable training: Accelerate save_state/load_state every epoch and on SIGTERM / Ctrl-C.
 
-A checkpoint holds what accelerate saves (head weights, optimizer, RNG states), the scheduler and a
-TrainingProgress: epochs done, batches done in the current epoch, that epoch's running sums, the RNG
-state the epoch started from, and the history so far. Shuffles come from accelerate's seedable sampler
-(seed + epoch), so a resumed epoch replays the same order and skips the batches already done.
+A checkpoint holds what training changes and nothing else (~2 MB): the head's weights (the frozen backbone is
+re-created from its own weights by every run, and the guard and operating point are fitted after training),
+what accelerate saves besides (optimizer, sampler, RNG states), the scheduler and a TrainingProgress: epochs
+done, batches done in the current epoch, that epoch's running sums, the RNG state the epoch started from, the
+best epoch's head and the history so far. Shuffles come from accelerate's seedable sampler (seed + epoch), so a
+resumed epoch replays the same order and skips the batches already done.
 """
 
+import logging
+import shutil
 import signal
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from safetensors import safe_open
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -25,7 +33,7 @@ class TrainingProgress:
         self.epoch_sums = {"losses": [], "correct": 0, "seen": 0}
         self.epoch_rng = torch.get_rng_state()
         self.best: dict | None = None
-        self.best_head: dict | None = None  # the best epoch's head weights: best/ can be rebuilt from a moved checkpoint
+        self.best_head: dict | None = None  # the best epoch's head weights: best/ is written from them at the end
         self.history: list[dict] = []
 
     def state_dict(self) -> dict:
@@ -57,6 +65,44 @@ class StopOnSignal:
 
 
 PROGRESS_FILE = "custom_checkpoint_1.pkl"  # TrainingProgress, the second object registered for checkpointing
+WEIGHTS_FILE = "model.safetensors"  # accelerate's name for the (one) prepared model's weights
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    """State-dict names of the parameters that training changes (the head's), as the prepared model names them."""
+    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def save_trainable_weights_only(models, weights, output_dir) -> None:
+    """accelerate save-state pre-hook: keep only the trainable weights in what is saved."""
+    for model, state in zip(models, weights):
+        for name in set(state) - trainable_names(model):
+            del state[name]
+
+
+def check_trainable_weights(models, input_dir) -> None:
+    """accelerate load-state pre-hook: the state must hold every trainable weight (the rest is loaded non-strictly)."""
+    with safe_open(Path(input_dir) / WEIGHTS_FILE, "pt") as saved:
+        missing = trainable_names(models[0]) - set(saved.keys())
+    if missing:
+        raise ValueError(f"{input_dir} holds no weights for {sorted(missing)[:4]}: not a state of this model's head.")
+
+
+def use_lean_states(accelerator: Accelerator) -> None:
+    """Make save_state / load_state (`strict=False`) write and read the trainable weights only."""
+    accelerator.register_save_state_pre_hook(save_trainable_weights_only)
+    accelerator.register_load_state_pre_hook(check_trainable_weights)
+
+
+def save_resumable_state(accelerator: Accelerator, output_dir: Path, keep: int) -> None:
+    """A new output_dir/checkpoints/checkpoint_N, then the oldest removed so that `keep` remain (after saving, so a
+    failed save never leaves fewer). Routine, so logged at debug level, not as accelerate's warning."""
+    accelerator.save_state()
+    if accelerator.is_main_process:
+        found = saved_checkpoints(output_dir)
+        for number in sorted(found)[:-keep]:
+            shutil.rmtree(found[number])
+            logger.debug("removed %s (--checkpoint_total_limit %d)", found[number], keep)
 
 
 def saved_checkpoints(output_dir: Path) -> dict[int, Path]:

@@ -85,7 +85,8 @@ class TrainingConfig:
     def __post_init__(self):
         if not 0 < self.val_fraction < 0.5:
             raise ValueError(f"--val_fraction must be between 0 and 0.5, got {self.val_fraction}.")
-        for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "head_hidden_dim"):
+        for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "head_hidden_dim",
+                     "checkpoint_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         check_threshold_strategy(self.threshold_strategy)

@@ -8,6 +8,7 @@ patient, so no patient has images on both sides.
 import io
 import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -91,6 +92,18 @@ def check_images(data_dir: Path) -> None:
         raise DatasetLayoutError(f"{len(unreadable)} image(s) cannot be decoded; delete or replace them:{indented(unreadable)}")
 
 
+@contextmanager
+def quiet_datasets():
+    """No `datasets` progress bars: for local files they say "Downloading data" although nothing is downloaded."""
+    shown = not datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.utils.enable_progress_bars()
+
+
 def load_chest_xray(data_dir: str | Path, verify_images: bool = True) -> datasets.DatasetDict:
     """Load train/ and test/ as a `datasets` imagefolder with columns image, label, file_name (CLASS/name).
 
@@ -102,7 +115,8 @@ def load_chest_xray(data_dir: str | Path, verify_images: bool = True) -> dataset
         check_images(data_dir)
     data_files = {split: [str(p) for c in CLASS_NAMES for p in image_files(data_dir / split / c)]
                   for split in SPLIT_FOLDERS}
-    dataset = datasets.load_dataset("imagefolder", data_files=data_files)
+    with quiet_datasets():
+        dataset = datasets.load_dataset("imagefolder", data_files=data_files)
     names = dataset["train"].features["label"].names
     if tuple(names) != CLASS_NAMES:
         raise DatasetLayoutError(f"Expected labels {CLASS_NAMES} from the class folders, found {names}.")

@@ -48,3 +48,11 @@ def build_model_card(output_dir: Path, model_id: str) -> ModelCard:
         card_data, template_str=TEMPLATE.read_text(), model_id=model_id, config=config, results=results,
         preprocessing=model_config["preprocessing"], num_features=model_config["num_features"],
         threshold=threshold, temperature=temperature, split_procedure=split_procedure, recalibration=recalibration)
+
+
+def write_model_card(output_dir: Path, model_id: str) -> ModelCard:
+    """Write the run's card to output_dir/best/README.md (replacing the Hub mixin's stub), so that best/ carried
+    anywhere (`hf upload`, a copy) has the card that trainer.push pushes; returns it."""
+    card = build_model_card(output_dir, model_id)
+    card.save(output_dir / "best" / "README.md")
+    return card

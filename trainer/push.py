@@ -1,8 +1,10 @@
 """Push a finished run's best model to the Hugging Face Hub, with its model card, results and plots.
 
-The repo also gets private mode's files (serving/browser_model.py): `onnx/model.onnx`, the served model
-as one ONNX graph for ONNX Runtime Web, and `onnx/config.json`, exported from the run's best model at
-push time so that they always match the weights pushed beside them.
+The card is the one training wrote to best/README.md, built again with the repo's name in it; after a
+successful push best/README.md is the card the Hub has. The repo also gets private mode's files
+(serving/browser_model.py): `onnx/model.onnx`, the served model as one ONNX graph for ONNX Runtime Web, and
+`onnx/config.json`, exported from the run's best model at push time so that they always match the weights
+pushed beside them.
 
 Training calls this when given --push_to_hub; it also runs on its own, so a failed push can be
 retried without training again:
@@ -15,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
 
 from serving import PneumoniaClassifier
 from serving.browser_model import browser_files
@@ -34,17 +36,19 @@ class PushError(RuntimeError):
     """A push that failed; the run in output_dir is untouched and the message says how to retry."""
 
 
-def upload_operations(output_dir: Path, model_id: str) -> list[CommitOperationAdd]:
+def upload_operations(output_dir: Path, card: ModelCard) -> list[CommitOperationAdd]:
     """Every file the model repo gets, as commit operations (best/ files at the repo root)."""
+    return ([CommitOperationAdd(name, output_dir / "best" / name) for name in BEST_FILES]
+            + [CommitOperationAdd(name, output_dir / name) for name in RUN_FILES]
+            + [CommitOperationAdd(name, output_dir / name) for name in RECALIBRATION_FILES if (output_dir / name).is_file()]
+            + [CommitOperationAdd("README.md", str(card).encode())])
+
+
+def check_finished_run(output_dir: Path) -> None:
     missing = [str(p) for p in [*(output_dir / "best" / n for n in BEST_FILES), *(output_dir / n for n in RUN_FILES)]
                if not p.is_file()]
     if missing:
         raise PushError(f"{output_dir} is not a finished training run; missing: {', '.join(missing)}.")
-    card = str(build_model_card(output_dir, model_id)).encode()
-    return ([CommitOperationAdd(name, output_dir / "best" / name) for name in BEST_FILES]
-            + [CommitOperationAdd(name, output_dir / name) for name in RUN_FILES]
-            + [CommitOperationAdd(name, output_dir / name) for name in RECALIBRATION_FILES if (output_dir / name).is_file()]
-            + [CommitOperationAdd("README.md", card)])
 
 
 def private_mode_operations(output_dir: Path) -> list[CommitOperationAdd]:
@@ -61,16 +65,20 @@ def push_run(output_dir: str | Path, model_id: str, token: str | None = None, pr
              commit_message: str = "Upload Pneumonia Detector model") -> CommitInfo:
     """Create the repo if needed and commit the run's model, card and results in one commit."""
     output_dir = Path(output_dir)
-    operations = upload_operations(output_dir, model_id)
+    check_finished_run(output_dir)
+    card = build_model_card(output_dir, model_id)
+    operations = upload_operations(output_dir, card)
     api = HfApi(token=token)
     retry = (f"The run in {output_dir} is intact; retry with: python -m trainer.push {output_dir} "
              f"--hub_model_id {model_id}")
     try:
         repo_url = api.create_repo(model_id, private=private, exist_ok=True)  # fails fast, before the export
         operations += private_mode_operations(output_dir)
-        return api.create_commit(repo_url.repo_id, operations, commit_message=commit_message)
+        commit = api.create_commit(repo_url.repo_id, operations, commit_message=commit_message)
     except Exception as error:  # network, auth, offline mode and server errors all end the same way
         raise PushError(f"Push to {model_id} on {api.endpoint} failed ({type(error).__name__}: {error}). {retry}") from error
+    card.save(output_dir / "best" / "README.md")  # best/ keeps the card the Hub has, naming the repo
+    return commit
 
 
 def main(argv=None) -> None:

@@ -30,6 +30,7 @@ from serving.model import ModelNotFound, load_model
 from .calibration import brier_score, check_threshold_strategy, expected_calibration_error, fit_operating_point
 from .data import CLASS_NAMES, indented, patient_id
 from .evaluation import write_json
+from .model_card import write_model_card
 from .push import RUN_FILES
 from .report import bootstrap_intervals, plot_reliability, screening_metrics
 
@@ -146,6 +147,8 @@ def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str, 
     model.set_operating_point(temperature, threshold)
     model.save_pretrained(output_dir / "best")
     write_json(report, output_dir / "recalibration.json")
+    if run_files is not None:  # the card needs the run's results; it says the model was recalibrated
+        write_model_card(output_dir, str(output_dir / "best"))
     plot_reliability(labels, scores_before, scores_after, output_dir / "recalibration_reliability.png",
                      f"Reliability on the site's images (n={len(labels)})",
                      ("before recalibration", "after recalibration (cross-fitted)"))

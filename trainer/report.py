@@ -5,27 +5,35 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.calibration import CalibrationDisplay
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    PrecisionRecallDisplay,
-    RocCurveDisplay,
-    confusion_matrix,
-    roc_auc_score,
-)
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 
 def screening_metrics(labels: np.ndarray, predictions: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Accuracy, sensitivity, specificity and F1 (PNEUMONIA) from one confusion matrix, and ROC-AUC.
+    """Accuracy, sensitivity, specificity and F1 (PNEUMONIA) from one confusion matrix, and ROC-AUC."""
+    return {name: float(values[0]) for name, values in batched_screening_metrics(
+        labels[None], predictions[None], scores[None]).items()}
 
-    One sklearn call instead of one per metric: the bootstrap calls this 1,000 times (about 3x faster)."""
-    (tn, fp), (fn, tp) = confusion_matrix(labels, predictions, labels=[0, 1])
-    return {"accuracy": (tp + tn) / len(labels), "sensitivity": tp / (tp + fn) if tp + fn else 0.0,
-            "specificity": tn / (tn + fp) if tn + fp else 0.0, "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-            "roc_auc": roc_auc_score(labels, scores)}
+
+def batched_screening_metrics(labels: np.ndarray, predictions: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """`screening_metrics` of each row of (R, N) arrays at once (the bootstrap's 1,000 resamples in one pass:
+    1,000 sklearn calls took ~8 s). ROC-AUC is the Mann-Whitney statistic of the scores' ranks (ties averaged),
+    which is what sklearn's roc_auc_score computes; NaN for a row with one class only."""
+    positive, predicted = labels == 1, predictions == 1
+    tp, fp = (positive & predicted).sum(axis=1), (~positive & predicted).sum(axis=1)
+    fn, tn = (positive & ~predicted).sum(axis=1), (~positive & ~predicted).sum(axis=1)
+    positives, negatives = positive.sum(axis=1), (~positive).sum(axis=1)
+    rank_sum = (rankdata(scores, axis=1) * positive).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"accuracy": (tp + tn) / labels.shape[1],
+                "sensitivity": np.where(tp + fn > 0, tp / (tp + fn), 0.0),
+                "specificity": np.where(tn + fp > 0, tn / (tn + fp), 0.0),
+                "f1": np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
+                "roc_auc": (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)}
 
 
 def stratified_resamples(labels: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -40,12 +48,11 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
                         seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
     """Percentile intervals from stratified resampling (see `stratified_resamples`); `threshold` is one value or
     one per image (cross-fitted thresholds)."""
-    thresholds = np.broadcast_to(threshold, scores.shape)
-    draws = [screening_metrics(labels[index], (scores[index] >= thresholds[index]).astype(int), scores[index])
-             for index in stratified_resamples(labels, resamples, seed)]
-    values = {name: [draw[name] for draw in draws] for name in draws[0]}
+    predictions = (scores >= np.broadcast_to(threshold, scores.shape)).astype(int)
+    index = np.stack(list(stratified_resamples(labels, resamples, seed)))  # (resamples, N)
+    draws = batched_screening_metrics(labels[index], predictions[index], scores[index])
     tail = (1 - level) / 2 * 100
-    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for name, v in values.items()}
+    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for name, v in draws.items()}
 
 
 def save(figure, path: Path) -> None:

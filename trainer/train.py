@@ -29,6 +29,8 @@ from .checkpointing import (
     check_output_dir,
     next_checkpoint_number,
     resolve_checkpoint,
+    save_resumable_state,
+    use_lean_states,
 )
 from .config import TrainingConfig, parse_config
 from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest, train_transform
@@ -36,6 +38,7 @@ from .evaluation import evaluate_on_test, head_logits, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, Extractor, cached_features, resolve_engine
 from .model import PneumoniaClassifier, model_for_training, sha256, weights_file
+from .model_card import write_model_card
 from .push import push_run
 from .report import plot_confusion_matrix, plot_training_curves
 from .threads import use_available_cores
@@ -209,15 +212,14 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(scheduler, progress)
+    use_lean_states(accelerator)
 
     set_seed(config.seed)  # the same dropout masks whichever path computed the inputs
     if config.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(config.resume_from_checkpoint, output_dir)
-        accelerator.load_state(checkpoint)
+        accelerator.load_state(checkpoint, strict=False)  # the frozen backbone is not in it (use_lean_states)
         accelerator.project_configuration.iteration = next_checkpoint_number(output_dir)
         logger.info("resumed from %s at epoch %d, batch %d", checkpoint, progress.epoch + 1, progress.step)
-        if progress.best_head is not None and accelerator.is_main_process and not (output_dir / "best").is_dir():
-            save_best_model(accelerator.unwrap_model(model), progress.best_head, output_dir)
 
     with StopOnSignal() as stop:
         while progress.epoch < config.num_train_epochs:
@@ -226,29 +228,32 @@ def train(config: TrainingConfig, accelerator: Accelerator, model, splits: dict,
                 cached_train.choose_views(progress.epoch + 1)
             if not train_one_epoch(model, epoch_batches(train_loader, progress), criterion, optimizer, accelerator,
                                    progress, stop):
-                accelerator.save_state()
+                save_resumable_state(accelerator, output_dir, config.checkpoint_total_limit)
                 raise TrainingInterrupted(
                     f"Stopped by a signal in epoch {progress.epoch + 1} after {progress.step} batches; a resumable "
                     f"state is in {output_dir / 'checkpoints'}. Continue with the same command plus "
                     "--resume_from_checkpoint latest.")
             finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, scheduler, progress,
-                         output_dir, time.perf_counter() - started)
-            accelerator.save_state()
+                         time.perf_counter() - started)
+            save_resumable_state(accelerator, output_dir, config.checkpoint_total_limit)
     if accelerator.is_main_process:
+        save_best_model(accelerator.unwrap_model(model), progress.best_head, output_dir)
         write_json({"history": progress.history}, output_dir / "training_history.json")
         plot_training_curves(progress.history, output_dir / "training_curves.png")
+    accelerator.wait_for_everyone()
     return progress.best, cached
 
 
 def save_best_model(model, best_head: dict, output_dir: Path) -> None:
-    """Write output_dir/best/ from the best epoch's head weights (resuming into a new folder from a moved checkpoint)."""
+    """Write output_dir/best/: the model with the best epoch's head weights (kept in memory and in every
+    resumable state, so best/ is written once, when training ends)."""
     best = copy.deepcopy(model)
     best.head.load_state_dict(best_head)
     best.save_pretrained(output_dir / "best")
 
 
 def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, scheduler, progress: TrainingProgress,
-                 output_dir: Path, seconds: float) -> None:
+                 seconds: float) -> None:
     """Validate, step the scheduler, log, keep the best model and move progress to the next epoch."""
     val = validate(model, val_loader, criterion, accelerator)
     sums = progress.epoch_sums
@@ -265,9 +270,6 @@ def finish_epoch(config, accelerator, model, val_loader, criterion, optimizer, s
     if is_better(val, progress.best, config.metric_for_best_model):
         progress.best = {**val, "epoch": record["epoch"]}
         progress.best_head = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).head.state_dict().items()}
-        if accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
-    accelerator.wait_for_everyone()
     progress.epoch, progress.step = progress.epoch + 1, 0
     progress.epoch_sums = {"losses": [], "correct": 0, "seen": 0}
 
@@ -325,7 +327,7 @@ def main(argv=None) -> dict:
     use_available_cores()
     weights = weights_file(config.pretrained_weights, config.model_name) if config.pretrained_weights else None
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "runs"),
-                                   automatic_checkpoint_naming=True, total_limit=config.checkpoint_total_limit)
+                                   automatic_checkpoint_naming=True)  # rotation: save_resumable_state
     # Seedable sampler: epoch e's shuffle depends on (seed, e) only, so a resumed run replays it exactly. data_seed
     # pins it: by default Accelerate takes torch's initial seed at prepare(), which feature extraction moves (one
     # set_seed per view), so a run on a warm feature cache would shuffle differently from the run that built it.
@@ -382,6 +384,7 @@ def main(argv=None) -> dict:
         write_json(results, output_dir / "all_results.json")
         plot_confusion_matrix(results["test_confusion_matrix"], results["test_confusion_matrix_labels"],
                               output_dir / "confusion_matrix.png", f"Test set (n={results['test_samples']})")
+        write_model_card(output_dir, config.hub_model_id or str(output_dir / "best"))
     accelerator.print(results_table(results))
     accelerator.end_training()
 

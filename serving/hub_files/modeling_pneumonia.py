@@ -7,15 +7,16 @@
 
 The weights are the same `model.safetensors` that the project's `PneumoniaClassifier` saves: a timm
 backbone with frozen BatchNorm (`backbone.*`), an MLP head (`head.*`), the temperature and the decision
-threshold fitted on validation. Preprocessing is timm's (`TimmWrapperImageProcessor`, from
-`pretrained_cfg` in config.json). The pipeline (config.json's `custom_pipelines`) puts the model's
-decision first, as the project's app and CLI show it. Research demo, not for clinical use.
+threshold fitted on validation. Preprocessing is timm's (`PneumoniaImageProcessor`: transformers'
+`TimmWrapperImageProcessor`, from `pretrained_cfg` in config.json). The pipeline (config.json's
+`custom_pipelines`) puts the model's decision first, as the project's app and CLI show it. Research demo, not for
+clinical use.
 """
 
 import timm
 import torch
 from torch import nn
-from transformers import ImageClassificationPipeline, PretrainedConfig, PreTrainedModel
+from transformers import ImageClassificationPipeline, PretrainedConfig, PreTrainedModel, TimmWrapperImageProcessor
 from transformers.modeling_outputs import ImageClassifierOutput
 
 POSITIVE = "PNEUMONIA"  # the class the decision threshold is set on
@@ -34,6 +35,12 @@ class PneumoniaConfig(PretrainedConfig):
         self.dropout = dropout
         self.labels = list(labels)
         self.num_features = num_features
+
+
+class PneumoniaImageProcessor(TimmWrapperImageProcessor):
+    """timm's eval transform from config.json's `pretrained_cfg`, as transformers' TimmWrapperImageProcessor applies it.
+    Named through `auto_map` rather than `image_processor_type`: transformers would look for a torchvision variant of
+    its stock class, find none and warn on every load."""
 
 
 class PneumoniaForImageClassification(PreTrainedModel):
