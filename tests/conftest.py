@@ -32,10 +32,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Runs with the same data, seed, backbone and views share cached features, so most test runs skip extraction.
+# Runs with the same data, seed, backbone and views share cached features (and the backbone's ONNX export), so
+# most test runs skip extraction, also in new Python processes.
 SHARED_FEATURE_CACHE = tempfile.mkdtemp(prefix="pneumonia-tests-feature-cache-")
-# Two cached views: the resume tests' (test_resume.py), so their runs find the session's cache too.
-FAST_TRAINING = ["--no_pretrained", "--num_workers", "0", "--cache_dir", SHARED_FEATURE_CACHE, "--cache_views", "2"]
+FAST_TRAINING = ["--no_pretrained", "--num_workers", "0", "--cache_dir", SHARED_FEATURE_CACHE]
 SAMPLE_DIR = REPO_ROOT / "sample_data" / "chest_xray"
 
 

@@ -85,16 +85,27 @@ def backbone_digest(model) -> str:
 EXPORTS: dict[str, bytes] = {}  # backbone digest and input size -> ONNX graph; the frozen backbone is exported once per process
 
 
-def exported_backbone(model) -> bytes:
-    """`FeaturesAndStatistics(model)` as ONNX (the ~10 s export is shared by every pass over the same weights:
-    the cache, the guard's pass, the test set)."""
-    digest = f"{backbone_digest(model)} {model.preprocessing['input_size']}"
-    if digest not in EXPORTS:
-        on_cpu = copy.deepcopy(model).cpu()  # the model itself stays on its device
+def exported_backbone(model, cache_dir: Path | None = None) -> bytes:
+    """`FeaturesAndStatistics(model)` as ONNX. The ~10 s export is shared by every pass over the same weights in this
+    process (the cache, the guard's pass, the test set) and, with `cache_dir` (the feature cache's folder), by later
+    runs too: a resumed run or a rerun on a warm feature cache loads the graph instead of exporting it again."""
+    key = f"{type(model.backbone).__name__} {backbone_digest(model)} {model.preprocessing['input_size']}"
+    path = cache_dir / f"backbone-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx" if cache_dir else None
+    if key not in EXPORTS:
+        if path is not None and path.is_file():
+            exported = path.read_bytes()
+        else:
+            on_cpu = copy.deepcopy(model).cpu()  # the model itself stays on its device
+            exported = onnx_bytes(FeaturesAndStatistics(on_cpu), on_cpu.preprocessing["input_size"],
+                                  ["features_and_statistics"])
         EXPORTS.clear()
-        EXPORTS[digest] = onnx_bytes(FeaturesAndStatistics(on_cpu), on_cpu.preprocessing["input_size"],
-                                     ["features_and_statistics"])
-    return EXPORTS[digest]
+        EXPORTS[key] = exported
+    if path is not None and not path.is_file():  # written whole, then renamed: a process never reads half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(EXPORTS[key])
+        partial.replace(path)
+    return EXPORTS[key]
 
 
 def resolve_engine(requested: str, accelerator: Accelerator) -> str:
@@ -107,16 +118,16 @@ def resolve_engine(requested: str, accelerator: Accelerator) -> str:
 
 class Extractor:
     """Features and guard statistics of every sample of a loader, through the chosen engine (ONNX Runtime runs on
-    the CPU with this process's torch thread count; its graph is exported once, at first use)."""
+    the CPU with this process's torch thread count; its graph is exported at first use, or read from `cache_dir`)."""
 
-    def __init__(self, model, engine: str):
-        self.model, self.engine = model, engine
+    def __init__(self, model, engine: str, cache_dir: Path | None = None):
+        self.model, self.engine, self.cache_dir = model, engine, cache_dir
 
     @cached_property
     def session(self) -> onnxruntime.InferenceSession:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        return onnxruntime.InferenceSession(exported_backbone(self.model), options,
+        return onnxruntime.InferenceSession(exported_backbone(self.model, self.cache_dir), options,
                                             providers=["CPUExecutionProvider"])
 
     def run_onnx(self, pixel_values: torch.Tensor) -> torch.Tensor:

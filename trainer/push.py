@@ -45,6 +45,7 @@ def upload_operations(output_dir: Path, card: ModelCard) -> list[CommitOperation
 
 
 def check_finished_run(output_dir: Path) -> None:
+    """PushError naming what is missing unless output_dir holds a finished run's files."""
     missing = [str(p) for p in [*(output_dir / "best" / n for n in BEST_FILES), *(output_dir / n for n in RUN_FILES)]
                if not p.is_file()]
     if missing:
