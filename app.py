@@ -12,23 +12,40 @@ import time
 from pathlib import Path
 
 import gradio as gr
+from gradio.components.label import LabelConfidence, LabelData
 from PIL import Image
 
 from serving.batch import MAX_FILES, csv_columns, predict_files, screening_files, write_csv
-from serving.demo import DEFAULT_MODEL, DISCLAIMER, EXAMPLES_DIR, DecisionLabel, diagnose, example_files, radiograph
 from serving.heatmap import HEATMAP_OPACITY
 from serving.images import ACCEPTED_SUFFIXES, InputImageError
-from serving.model import ModelNotFound, load_model
-from serving.predictor import Prediction
+from serving.model import DEFAULT_MODEL, ModelNotFound, load_model
+from serving.predictor import Prediction, Predictor
+from serving.upload import DISCLAIMER, EXAMPLES_DIR, diagnose, example_files, radiograph
 
 MAX_FILE_SIZE = "25mb"
 SCRATCH = Path(tempfile.mkdtemp(prefix="pneumonia-app-"))  # each request's downloads, before Gradio copies them
 SCRATCH_MAX_AGE_S = 600
 
 try:
-    model = load_model(os.environ.get("MODEL_ID", DEFAULT_MODEL))
+    predictor = Predictor(load_model(os.environ.get("MODEL_ID", DEFAULT_MODEL)))
 except ModelNotFound as error:
     sys.exit(f"error: {error}\nThe app reads the model from the MODEL_ID environment variable.")
+
+
+class DecisionLabel(gr.Label):
+    """A gr.Label whose heading is the model's decision at its threshold, not the most probable class.
+
+    Takes a Prediction (or None); the bars are the calibrated probabilities, the decided label first.
+    """
+
+    is_template = True  # drawn by gr.Label's own front end
+
+    def postprocess(self, value: Prediction | None) -> LabelData | dict:
+        if value is None:
+            return {}
+        ranked = sorted(value.probabilities.items(), key=lambda item: item[0] != value.decision)
+        return LabelData(label=value.decision,
+                         confidences=[LabelConfidence(label=label, confidence=p) for label, p in ranked])
 
 
 def scratch_folder() -> Path:
@@ -64,7 +81,7 @@ def predict(xray_file: str, overlay_opacity: float = HEATMAP_OPACITY):
         the overlay as a PNG file
     """
     try:
-        prediction, text, shown = diagnose(model, xray_file)
+        prediction, text, shown = diagnose(predictor, xray_file)
     except InputImageError as error:
         raise gr.Error(str(error)) from error
     if prediction is None:
@@ -95,7 +112,8 @@ def screen(xray_files: list[str] | None, progress=gr.Progress(track_tqdm=True)):
         xray_files: the image files and/or .zip archives; at most 500 images in all.
 
     Returns:
-        a table, one row per image: path, prediction, P of each class, looks_like_chest_xray, guard_distance, error
+        a table, one row per image: path, prediction (NORMAL, PNEUMONIA, or NOT_A_CHEST_XRAY with no probabilities for
+        an image that does not look like a chest X-ray), P of each class, looks_like_chest_xray, guard_distance, error
         the same table as a CSV file (the columns of `python -m trainer.predict`)
     """
     folder = scratch_folder()
@@ -103,12 +121,12 @@ def screen(xray_files: list[str] | None, progress=gr.Progress(track_tqdm=True)):
         named = screening_files(xray_files, folder / "unzipped")
     except InputImageError as error:
         raise gr.Error(str(error)) from error
-    rows = predict_files(model.predictor, [path for _, path in named], batch_size=16, num_workers=0)
+    rows = predict_files(predictor, [path for _, path in named], batch_size=16, num_workers=0)
     shutil.rmtree(folder / "unzipped", ignore_errors=True)
     for row, (name, _) in zip(rows, named):
         row["path"] = name
-    columns = csv_columns(model.labels)
-    csv_file = write_csv(rows, columns, folder / "predictions.csv")
+    csv_file = write_csv(rows, predictor.model.labels, folder / "predictions.csv")
+    columns = csv_columns(predictor.model.labels)
     # The table rounds probabilities for reading; the CSV keeps them whole
     shown = [[round(value, 4) if isinstance(value := row.get(column, ""), float) else value for column in columns]
              for row in rows]

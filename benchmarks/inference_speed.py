@@ -2,9 +2,9 @@
 
 Compares plain timm eager fp32 (torch.no_grad, contiguous) with each candidate on real bundled X-rays,
 side by side in one run, and checks every candidate's probabilities against the eager ones. The last
-two rows are the whole path of the app and the CLI (`model.predictor`: one forward pass for the logits,
-the guard's statistics and the heatmap's feature map, plus the guard's float64 distance), before and after
-`model.use_onnxruntime()`.
+two rows are the whole path of the app and the CLI (a `Predictor`: one forward pass for the logits,
+the guard's statistics and the heatmap's feature map, plus the guard's float64 distance), eager and through
+ONNX Runtime.
 
     python benchmarks/inference_speed.py --model outputs/best
 """
@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from serving.images import read_image as load_image  # noqa: E402
+from serving.predictor import Predictor  # noqa: E402
 from serving.runtime import OnnxForward  # noqa: E402
 from trainer import PneumoniaClassifier  # noqa: E402
 
@@ -56,20 +57,20 @@ def onnxruntime_forward(model_dir: str, allow_spinning: bool):
     return lambda batch: exported(batch)[0].softmax(-1)
 
 
-def analyse(model: PneumoniaClassifier):
+def analyse(predictor: Predictor):
     """What the app and the CLI run: one serving forward pass and the guard's distances (uncalibrated softmax,
     to compare)."""
     def run(batch):
-        logits, statistics, _ = model.predictor.forward(batch)
-        model.predictor.guard_distances(statistics)
+        logits, statistics, _ = predictor.forward(batch)
+        predictor.guard_distances(statistics)
         return logits.softmax(-1)
     return run
 
 
-def served(model_dir: str) -> PneumoniaClassifier:
-    model = load(model_dir)
-    assert model.use_onnxruntime(), "ONNX export failed"
-    return model
+def served(model_dir: str) -> Predictor:
+    predictor = Predictor(load(model_dir))
+    assert predictor.engine == "onnxruntime", "ONNX export failed"
+    return predictor
 
 
 def candidates(model_dir: str) -> dict:
@@ -83,7 +84,7 @@ def candidates(model_dir: str) -> dict:
         "TorchScript freeze + optimize": no_grad(torchscript(load(model_dir))),
         "ONNX Runtime, spinning threads": onnxruntime_forward(model_dir, allow_spinning=True),
         "ONNX Runtime (adopted)": onnxruntime_forward(model_dir, allow_spinning=False),
-        "app path + guard, eager (before)": analyse(load(model_dir)),
+        "app path + guard, eager (before)": analyse(Predictor(load(model_dir), engine="eager")),
         "app path + guard, ONNX (adopted)": analyse(served(model_dir)),
     }
 

@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from dataset_scripts.non_xray_images import non_xray_images  # noqa: E402
-from serving import PneumoniaClassifier  # noqa: E402
+from serving import PneumoniaClassifier, read_image  # noqa: E402
 from serving.predictor import Predictor  # noqa: E402
 from serving.runtime import INPUT, OUTPUTS, OnnxForward, ServingForward, onnx_bytes  # noqa: E402
 
@@ -37,7 +37,7 @@ class Batches(CalibrationDataReader):
     """Preprocessed training images, `batch_size` at a time, as ONNX Runtime's calibrator reads them."""
 
     def __init__(self, model, paths: list[Path], batch_size: int = 16):
-        pixels = torch.stack([model.transform(model.predictor.read(p)) for p in paths]).numpy()
+        pixels = torch.stack([model.transform(read_image(p, model.input_size)) for p in paths]).numpy()
         self.batches = iter(np.split(pixels, range(batch_size, len(pixels), batch_size)))
 
     def get_next(self) -> dict | None:
@@ -99,7 +99,7 @@ def main() -> None:
 
     test = sorted((args.data_dir / "test").glob("*/*.jpeg"))
     labels = np.array([p.parent.name == "PNEUMONIA" for p in test])
-    pixels = torch.stack([model.transform(model.predictor.read(p)) for p in test])
+    pixels = torch.stack([model.transform(read_image(p, model.input_size)) for p in test])
     others = torch.stack([model.transform(image) for image in non_xray_images().values()])
     results = {name: (answers(predictor, pixels), answers(predictor, others)) for name, predictor in engines.items()}
 

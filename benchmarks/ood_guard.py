@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from dataset_scripts.non_xray_images import non_xray_images  # noqa: E402
-from trainer import PneumoniaClassifier  # noqa: E402
+from trainer import PneumoniaClassifier, Predictor  # noqa: E402
 
 
 def main() -> None:
@@ -22,10 +22,11 @@ def main() -> None:
                         help="Kaggle-layout folder; its test/ X-rays are the in-distribution set.")
     args = parser.parse_args()
     model = PneumoniaClassifier.from_pretrained(args.model)
+    predictor = Predictor(model)
 
     xrays = sorted((args.data_dir / "test").glob("*/*.jpeg"))
-    refused_xrays = [p.name for p in xrays if not model.analyse(p).looks_like_xray]
-    others = {name: model.analyse(image) for name, image in non_xray_images().items()}
+    refused_xrays = [p.name for p in xrays if not predictor.analyse(p).looks_like_xray]
+    others = {name: predictor.analyse(image) for name, image in non_xray_images().items()}
     missed = {name: round(answer.guard_distance, 1) for name, answer in others.items() if answer.looks_like_xray}
 
     print(f"guard threshold (Mahalanobis distance): {float(model.guard_threshold):.2f}")

@@ -40,6 +40,7 @@ from huggingface_hub import snapshot_download  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from serving.model import load_model  # noqa: E402
+from serving.predictor import Predictor  # noqa: E402
 from tests.hub_server import TOKEN, USER, make_server  # noqa: E402
 from tests.web import CHROMIUM, CHROMIUM_ARGS, serve_folder  # noqa: E402
 from trainer.push import push_run  # noqa: E402
@@ -100,9 +101,9 @@ def browser_run(url: str, images: list[Path], checked: list[Path]) -> dict:
             "tab_memory_mb": memory, "answers": answers}
 
 
-def compare_with_python(model, answers: dict) -> None:
-    """The page's answers against PneumoniaClassifier.analyse: largest P(PNEUMONIA) difference, agreements."""
-    expected = {path: model.analyse(path) for path in answers}
+def compare_with_python(predictor: Predictor, answers: dict) -> None:
+    """The page's answers against the Predictor's: largest P(PNEUMONIA) difference, agreements."""
+    expected = {path: predictor.analyse(path) for path in answers}
     largest = max(abs(float(a["pneumonia"]) - expected[p].probabilities["PNEUMONIA"]) for p, a in answers.items())
     decisions = sum(a["decision"] == expected[p].decision for p, a in answers.items())
     verdicts = sum(a["looksLikeXray"] == str(expected[p].looks_like_xray).lower() for p, a in answers.items())
@@ -127,12 +128,12 @@ def python_app_times(images: list[Path]) -> dict:
     return {"first": first, "per_image": statistics.median(walls)}
 
 
-def in_process_time(model, images: list[Path]) -> float:
-    model.analyse(images[0], heatmap=True)
+def in_process_time(predictor: Predictor, images: list[Path]) -> float:
+    predictor.analyse(images[0], heatmap=True)
     walls = []
     for path in images[1:]:
         started = time.perf_counter()
-        model.analyse(path, heatmap=True)
+        predictor.analyse(path, heatmap=True)
         walls.append(time.perf_counter() - started)
     return statistics.median(walls)
 
@@ -147,8 +148,8 @@ def main() -> None:
     images = IMAGES[: args.images + 1]
     url = deploy(args.run)
     browser = browser_run(url, images, IMAGES)
-    model = load_model(str(Path(args.run) / "best"))
-    compare_with_python(model, browser["answers"])
+    predictor = Predictor(load_model(str(Path(args.run) / "best")))
+    compare_with_python(predictor, browser["answers"])
     shutil.rmtree(os.environ["HF_HOME"], ignore_errors=True)  # the app downloads the model cold as well
     python = python_app_times(images)
     print(f"{'':34}{'browser':>10}{'Python app':>12}{'browser / app':>15}")
@@ -158,7 +159,7 @@ def main() -> None:
           f"{python['per_image']:12.3f}{browser['per_image'] / python['per_image']:15.2f}")
     print(f"{'  of which preprocess + inference':34}{browser['inference']:10.3f}")
     print(f"{'tab memory after the last image, MB':34}{browser['tab_memory_mb']:10.0f}")
-    model_alone = in_process_time(model, images)
+    model_alone = in_process_time(predictor, images)
     print(f"{'model alone in Python, per image, s':34}{'':10}{model_alone:12.3f}"
           f"{browser['inference'] / model_alone:15.2f}  (page's preprocess + inference / this)")
 

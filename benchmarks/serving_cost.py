@@ -1,15 +1,18 @@
-"""In-process cost of one app request against the prediction alone, before and after the one-pass Grad-CAM.
+"""In-process cost of one Space request against the prediction alone, and what decoding the upload once changes.
 
 On full-size X-ray stand-ins (real X-rays upscaled to Kaggle-original sizes, as benchmarks/full_resolution.py
 makes them), one image after another, every path timed on the same image in turn (side by side):
 
 - prediction alone: the served forward pass (ONNX Runtime) + calibration, decision and guard on a
-  preprocessed image (`model.predictor.predict`);
-- app request, after: `serving.demo.diagnose`, what the app runs per upload (read + preprocess + predict
-  + guard + Grad-CAM from the forward's own feature map + overlay);
-- app request, before: the same read and prediction, then Grad-CAM as the app ran it until now
-  (pytorch-grad-cam's hooks on the shared model: a second, eager forward and backward through the backbone)
-  and its overlay.
+  preprocessed image (`Predictor.predict`);
+- Space request, one decode (adopted): `serving.upload.diagnose`, what the app runs per upload (the file decoded
+  once at display size + preprocess + predict + guard + Grad-CAM from the forward's own feature map);
+- Space request, two decodes (before): the upload decoded for the model (drafted to its input size) and again
+  for the display, as the app did until issue 28;
+- Space request with pytorch-grad-cam's hooks (before the one-pass Grad-CAM): a second, eager forward and backward.
+
+It also prints how far the Space's answer for these large JPEGs lies from `trainer.predict`'s (decoded at reduced
+scale for the model's input, not the display's): largest |dP(PNEUMONIA)| and decisions that differ.
 
     python benchmarks/serving_cost.py --model outputs/best
 """
@@ -30,14 +33,21 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from serving.demo import diagnose  # noqa: E402
-from serving.model import load_model  # noqa: E402
+from serving.model import add_model_argument, load_model  # noqa: E402
+from serving.predictor import Predictor  # noqa: E402
+from serving.upload import diagnose, radiograph  # noqa: E402
 
 
-def before(model, path):
-    """The app's request until this change: prediction, then pytorch-grad-cam through hooks on the model."""
-    image = model.predictor.read(path)
-    prediction = model.predictor.predict_image(image)
+def two_decodes(predictor: Predictor, path):
+    """The Space's request until issue 28: the upload decoded for the model, then again for the display."""
+    prediction = predictor.analyse(predictor.read(path), heatmap=True)
+    return prediction, radiograph(path)
+
+
+def hooks(predictor: Predictor, path):
+    """The Space's request before the one-pass Grad-CAM: pytorch-grad-cam through hooks on the model."""
+    model, image = predictor.model, predictor.read(path)
+    prediction = predictor.analyse(image)
     pixel_values = model.transform(image).unsqueeze(0).requires_grad_(True)
     with GradCAM(model=model, target_layers=[model.backbone.layer4]) as cam:
         heatmap = cam(input_tensor=pixel_values, targets=[ClassifierOutputTarget(model.labels.index(prediction.decision))])[0]
@@ -45,18 +55,31 @@ def before(model, path):
     return Image.fromarray(show_cam_on_image(shown, heatmap, use_rgb=True, image_weight=0.6))
 
 
+def answer_differences(predictor: Predictor, images: list[Path]) -> tuple[float, int]:
+    """Largest |dP(PNEUMONIA)| between the Space's answer and the CLI's for the same files, and differing decisions."""
+    largest, differing = 0.0, 0
+    for path in images:
+        space, _, _ = diagnose(predictor, path)
+        cli = predictor.analyse(path)
+        if space is not None:
+            largest = max(largest, abs(space.probabilities["PNEUMONIA"] - cli.probabilities["PNEUMONIA"]))
+        differing += (space.decision if space is not None else "NOT_A_CHEST_XRAY") != cli.decision
+    return largest, differing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="outputs/best", help="Folder saved by the trainer, or a Hub repo id.")
+    add_model_argument(parser)
     parser.add_argument("--images", type=int, default=30, help="Full-size stand-ins to make and time.")
     parser.add_argument("--repeats", type=int, default=3, help="Passes over the images.")
     args = parser.parse_args()
-    model = load_model(args.model)
+    predictor = Predictor(load_model(args.model))
     paths = {
-        "read (decode + draft)": lambda path: model.predictor.read(path),
+        "read for the model (decode + draft)": predictor.read,
         "prediction alone (forward + guard)": None,
-        "app request, before (pytorch-grad-cam hooks)": lambda path: before(model, path),
-        "app request, after (one-pass Grad-CAM)": lambda path: diagnose(model, path),
+        "Space request, pytorch-grad-cam hooks": lambda path: hooks(predictor, path),
+        "Space request, two decodes (before)": lambda path: two_decodes(predictor, path),
+        "Space request, one decode (adopted)": lambda path: diagnose(predictor, path),
     }
     times = {name: [] for name in paths}
     with tempfile.TemporaryDirectory() as folder:
@@ -66,20 +89,22 @@ def main() -> None:
                 run and run(path)
         for _ in range(args.repeats):
             for path in images:
-                pixels = model.transform(model.predictor.read(path)).unsqueeze(0)
+                pixels = predictor.model.transform(predictor.read(path)).unsqueeze(0)
                 for name, run in paths.items():
                     started = time.perf_counter()
-                    model.predictor.predict(pixels) if run is None else run(path)
+                    predictor.predict(pixels) if run is None else run(path)
                     times[name].append(time.perf_counter() - started)
+        largest, differing = answer_differences(predictor, images)
     median = {name: 1000 * statistics.median(values) for name, values in times.items()}
     alone = median["prediction alone (forward + guard)"]
-    print(f"{args.images} full-size X-ray stand-ins x {args.repeats}, engine {model.predictor.engine}")
+    print(f"{args.images} full-size X-ray stand-ins x {args.repeats}, engine {predictor.engine}")
     print(f"{'path':<48}{'median ms':>10}{'vs prediction':>15}")
     for name, value in median.items():
         print(f"{name:<48}{value:>10.1f}{value / alone:>14.2f}x")
-    after, old = median["app request, after (one-pass Grad-CAM)"], median["app request, before (pytorch-grad-cam hooks)"]
-    print(f"app request / prediction alone: before {old / alone:.2f}x, after {after / alone:.2f}x (target <= 1.5x); "
-          f"the request is {old / after:.2f}x faster")
+    once, twice = median["Space request, one decode (adopted)"], median["Space request, two decodes (before)"]
+    print(f"one decode vs two: the request is {twice / once:.2f}x faster")
+    print(f"Space vs trainer.predict on these JPEGs: largest |dP(PNEUMONIA)| {largest:.2e}, "
+          f"{differing}/{len(images)} decisions differ")
 
 
 if __name__ == "__main__":

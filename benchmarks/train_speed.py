@@ -47,7 +47,7 @@ def worker(trainer_args: list[str]) -> None:
     import torch
 
     from serving.model import PneumoniaClassifier
-    from trainer.features import Extractor
+    from trainer.features import Extractor, FeaturesAndStatistics
     from trainer.train import main
 
     counted = {"images": 0}
@@ -60,7 +60,7 @@ def worker(trainer_args: list[str]) -> None:
         return wrapper
 
     # Every backbone pass goes through one of these: training and test, eager extraction, ONNX Runtime extraction.
-    for owner, name in ((PneumoniaClassifier, "forward_features"), (PneumoniaClassifier, "features_and_statistics"),
+    for owner, name in ((PneumoniaClassifier, "forward_features"), (FeaturesAndStatistics, "forward"),
                         (Extractor, "run_onnx")):
         setattr(owner, name, counting(getattr(owner, name)))
     results = main(trainer_args)

@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from serving.labels import LABELS
 from trainer.data import (
-    CLASS_NAMES,
     SPLIT_FOLDERS,
     DatasetLayoutError,
     check_layout,
-    image_files,
+    class_images,
     is_readable,
     patient_id,
 )
@@ -25,8 +25,8 @@ def summarise(data_dir: Path) -> list[dict]:
     """One row per split and class: images, patients and unreadable files."""
     rows = []
     for split in SPLIT_FOLDERS:
-        for class_name in CLASS_NAMES:
-            paths = image_files(data_dir / split / class_name)
+        for class_name in LABELS:
+            paths = class_images(data_dir / split / class_name)
             rows.append({"split": split, "class": class_name, "images": len(paths),
                          "patients": len({patient_id(p.name) for p in paths}),
                          "unreadable": [str(p) for p in paths if not is_readable(p)]})

@@ -12,7 +12,8 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from trainer.data import CLASS_NAMES, patient_id
+from serving.labels import LABELS
+from trainer.data import patient_id
 
 QUOTAS = {"train": {"NORMAL": 100, "PNEUMONIA": 200}, "test": {"NORMAL": 40, "PNEUMONIA": 60}}
 
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
     rng = random.Random(args.seed)
     shutil.rmtree(args.destination, ignore_errors=True)
     for split, quotas in QUOTAS.items():
-        for class_name in CLASS_NAMES:
+        for class_name in LABELS:
             target = args.destination / split / class_name
             target.mkdir(parents=True)
             images = sample_patients(args.source / split / class_name, quotas[class_name], rng)

@@ -16,8 +16,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from serving.images import InputImageError
+from serving.labels import LABELS
 from serving.preprocessing import draft, to_rgb
-from trainer.data import CLASS_NAMES, SPLIT_FOLDERS, check_layout, image_files
+from trainer.data import SPLIT_FOLDERS, check_layout, class_images
 
 
 def resize_image(source: Path, destination: Path, size: int) -> None:
@@ -36,9 +37,9 @@ def resize_folder(source: Path, destination: Path, size: int) -> list[str]:
     check_layout(source)
     unreadable = []
     for split in SPLIT_FOLDERS:
-        for class_name in CLASS_NAMES:
+        for class_name in LABELS:
             (destination / split / class_name).mkdir(parents=True, exist_ok=True)
-            for path in tqdm(image_files(source / split / class_name), desc=f"{split}/{class_name}"):
+            for path in tqdm(class_images(source / split / class_name), desc=f"{split}/{class_name}"):
                 try:
                     resize_image(path, destination / split / class_name / path.name, size)
                 except InputImageError as error:

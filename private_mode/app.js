@@ -54,11 +54,13 @@ async function analyse(bitmap) {
   const input = modelInput(pixelsOf(bitmap).data, bitmap.width, bitmap.height, config.preprocessing);
   const outputs = await session.run({ [config.input]: new ort.Tensor("float32", input, [1, 3, height, width]) });
   const [, mapHeight, mapWidth] = outputs.heatmap.dims;
+  const looksLikeXray = Boolean(outputs.looks_like_xray.data[0]);
   return {
     probabilities: Object.fromEntries(config.labels.map((label, i) => [label, outputs.probabilities.data[i]])),
-    decision: config.labels[Number(outputs.decision.data[0])],
+    // the answer, as every entry point gives it: a class, or not_a_chest_xray for an image the guard refuses
+    decision: looksLikeXray ? config.labels[Number(outputs.decision.data[0])] : config.not_a_chest_xray,
     guardDistance: outputs.guard_distance.data[0],
-    looksLikeXray: Boolean(outputs.looks_like_xray.data[0]),
+    looksLikeXray,
     heatmap: { map: outputs.heatmap.data, width: mapWidth, height: mapHeight },
   };
 }

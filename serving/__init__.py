@@ -1,11 +1,12 @@
 """Serving: a trained model's answer for an image (probabilities, decision, not-an-X-ray guard, heatmap).
 
-Imports nothing from `trainer`: the Space ships this package with app.py, and the trainer builds on it.
+Imports neither `trainer` nor Gradio: the Space ships this package with app.py, and the trainer builds on it.
 """
 
 from .images import ACCEPTED_SUFFIXES, InputImageError, read_image
-from .model import LABELS, PneumoniaClassifier
-from .predictor import Prediction, Predictor
+from .labels import LABELS, NOT_A_CHEST_XRAY, POSITIVE
+from .model import ModelNotFound, PneumoniaClassifier, load_model
+from .predictor import NotAChestXray, Prediction, Predictor
 
-__all__ = ["ACCEPTED_SUFFIXES", "LABELS", "InputImageError", "PneumoniaClassifier", "Prediction", "Predictor",
-           "read_image"]
+__all__ = ["ACCEPTED_SUFFIXES", "LABELS", "NOT_A_CHEST_XRAY", "POSITIVE", "InputImageError", "ModelNotFound",
+           "NotAChestXray", "PneumoniaClassifier", "Prediction", "Predictor", "load_model", "read_image"]

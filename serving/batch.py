@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .images import ACCEPTED_SUFFIXES, InputImageError
+from .images import ACCEPTED_SUFFIXES, InputImageError, image_files
 from .predictor import Prediction, Predictor
 
 MAX_FILES = 500  # per screening request in the Space
@@ -19,8 +19,9 @@ ENCRYPTED = 0x1  # bit 0 of a .zip member's general purpose flags (PKWARE APPNOT
 UNPACKABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}  # what zipfile can read
 
 
-def csv_columns(labels: list[str]) -> list[str]:
-    return ["path", "prediction", *labels, "looks_like_chest_xray", "guard_distance", "error"]
+def csv_columns(labels: list[str], heatmaps: bool = False) -> list[str]:
+    """The results' columns: `prediction` is the answer (a class, or NOT_A_CHEST_XRAY), then P of each class."""
+    return ["path", "prediction", *labels, "looks_like_chest_xray", "guard_distance", "error", *["heatmap"] * heatmaps]
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
@@ -30,7 +31,7 @@ def image_paths(inputs: list[str]) -> list[Path]:
     for name in map(Path, inputs):
         if not name.exists():
             raise InputImageError(f"No such file or folder: {name}. Check the path.")
-        paths += sorted(p for p in name.rglob("*") if p.suffix.lower() in ACCEPTED_SUFFIXES) if name.is_dir() else [name]
+        paths += image_files(name) if name.is_dir() else [name]
     return paths
 
 
@@ -104,7 +105,9 @@ def collate(rows):
 
 
 def prediction_row(path: Path, prediction: Prediction) -> dict:
-    return {"path": str(path), "prediction": prediction.decision, **prediction.probabilities,
+    """An image the guard refuses gets NOT_A_CHEST_XRAY and no probabilities, as the Space gives it no diagnosis."""
+    probabilities = prediction.probabilities if prediction.looks_like_xray else {}
+    return {"path": str(path), "prediction": prediction.decision, **probabilities,
             "looks_like_chest_xray": prediction.looks_like_xray, "guard_distance": round(prediction.guard_distance, 3),
             "error": ""}
 
@@ -122,7 +125,7 @@ def predict_files(predictor: Predictor, paths: list[Path], batch_size: int, num_
         if pixels is not None:
             for index, image, prediction in zip(indices, images, predictor.predict(pixels, heatmaps=bool(heatmap_dir))):
                 results[index] = prediction_row(paths[index], prediction)
-                if heatmap_dir:
+                if heatmap_dir and prediction.heatmap is not None:
                     heatmap = heatmap_dir / f"{index:05d}_{paths[index].stem}.png"
                     prediction.overlay(image).save(heatmap)
                     results[index]["heatmap"] = str(heatmap)
@@ -131,10 +134,10 @@ def predict_files(predictor: Predictor, paths: list[Path], batch_size: int, num_
     return results
 
 
-def write_csv(rows: list[dict], columns: list[str], path: Path) -> Path:
-    """The rows as CSV with these columns; a row's missing values (an unreadable file's) are left empty."""
+def write_csv(rows: list[dict], labels: list[str], path: Path) -> Path:
+    """The rows as CSV with `csv_columns` (and `heatmap` when a row has one); missing values are left empty."""
     with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
+        writer = csv.DictWriter(file, fieldnames=csv_columns(labels, heatmaps=any("heatmap" in row for row in rows)))
         writer.writeheader()
         writer.writerows(rows)
     return path

@@ -19,7 +19,7 @@ from torch import nn
 
 from .heatmap import HEATMAP_OPACITY, JET
 from .images import MAX_PIXELS, MIN_SIDE
-from .predictor import POSITIVE
+from .labels import NOT_A_CHEST_XRAY, POSITIVE
 from .runtime import INPUT, onnx_bytes
 
 OUTPUTS = ["probabilities", "decision", "guard_distance", "looks_like_xray", "heatmap"]
@@ -40,7 +40,7 @@ class BrowserModel(nn.Module):
         linear, relu, _dropout, output = model.head
         if not (isinstance(linear, nn.Linear) and isinstance(relu, nn.ReLU) and isinstance(output, nn.Linear)):
             raise TypeError("the browser export writes out Grad-CAM for a Linear → ReLU → Dropout → Linear head")
-        self.model = model.eval()
+        self.model = model
         self.positive = model.labels.index(POSITIVE)
         self.negative = 1 - self.positive
         self.register_buffer("guard_whitening", whitening(model.guard_precision).float())
@@ -72,6 +72,7 @@ def page_config(model: nn.Module) -> dict:
         "outputs": OUTPUTS,
         "labels": model.labels,
         "positive_label": POSITIVE,
+        "not_a_chest_xray": NOT_A_CHEST_XRAY,  # the answer for an image the guard refuses
         "decision_threshold": model.threshold,
         "temperature": float(model.temperature),
         "guard_threshold": float(model.guard_threshold) if torch.isfinite(model.guard_threshold) else None,

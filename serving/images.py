@@ -24,6 +24,11 @@ class InputImageError(ValueError):
     """A file that cannot be used as an X-ray; the message says why, for the person who gave it."""
 
 
+def image_files(folder: Path, suffixes: tuple[str, ...] = ACCEPTED_SUFFIXES) -> list[Path]:
+    """Every file under `folder` (recursively) whose suffix is one of `suffixes`, in sorted order."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+
 def is_dicom(path: Path) -> bool:
     """DICOM files carry "DICM" after a 128-byte preamble (or at least a DICOM suffix)."""
     with open(path, "rb") as file:

@@ -1,9 +1,11 @@
 """The classifier: a frozen timm backbone (BatchNorm statistics included) and a small trainable head.
 
 This module is the model: architecture, buffers (operating point, not-an-X-ray guard), forward passes,
-save / load. What is done with its outputs (calibration, decision, guard, heatmap) is serving/predictor.py.
+save / load. What is done with its outputs (calibration, decision, guard, heatmap) is serving/predictor.py's
+Predictor, which holds a model; `predict` here is a shortcut to it.
 """
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -16,11 +18,19 @@ from PIL import Image
 from torch import nn
 
 from .guard import GUARD_STAGES, stage_statistics
-from .predictor import Predictor
+from .labels import LABELS
+from .predictor import NotAChestXray, Predictor
 from .preprocessing import eval_transform, input_size, preprocessing_config
 
-LABELS = ["NORMAL", "PNEUMONIA"]
+DEFAULT_MODEL = "outputs/best"  # where the trainer saves the best model; the app's and the commands' default
 REMOTE_CODE = Path(__file__).resolve().parent / "hub_files" / "modeling_pneumonia.py"
+
+
+def add_model_argument(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL,
+                       run_folder: bool = False) -> None:
+    """The `--model` option of every command that loads a trained model (a run folder too where `run_folder`)."""
+    where = "A training run folder, its best/," if run_folder else "A folder saved by the trainer (outputs/best)"
+    parser.add_argument("--model", default=default, help=f"{where} or a Hub repo id (NAME/REPO).")
 
 
 class ModelNotFound(RuntimeError):
@@ -45,9 +55,9 @@ class PneumoniaClassifier(
 ):
     """NORMAL vs PNEUMONIA classifier; its `__init__` arguments are its saved config.
 
-    `PneumoniaClassifier.from_pretrained(dir_or_repo_id)` reloads a saved model; `predict(path_or_image)`
-    returns `{label: calibrated probability}`, `analyse(...)` the whole `Prediction` (decision at the
-    model's threshold, not-an-X-ray guard, optionally the Grad-CAM heatmap), both through `self.predictor`.
+    `PneumoniaClassifier.from_pretrained(dir_or_repo_id)` reloads a saved model (in eval mode);
+    `predict(path_or_image)` returns `{label: calibrated probability}`, or raises NotAChestXray for an image the
+    guard refuses. `Predictor(model)` (serving/predictor.py) gives the whole answer: decision, guard, heatmap.
     """
 
     def __init__(
@@ -55,7 +65,7 @@ class PneumoniaClassifier(
         model_name: str = "resnet18",
         head_hidden_dim: int = 256,
         dropout: float = 0.5,
-        labels: list[str] = LABELS,
+        labels: list[str] = list(LABELS),
         preprocessing: dict | None = None,
         imagenet_weights: bool = False,
     ):
@@ -72,7 +82,6 @@ class PneumoniaClassifier(
         self.preprocessing = preprocessing or preprocessing_config(model_name)
         self.imagenet_weights = imagenet_weights
         self.transform = eval_transform(self.preprocessing)
-        self._predictor: Predictor | None = None  # built on first use; use_onnxruntime() replaces it
         # Chosen on validation after training (trainer/calibration.py); saved with the weights.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("decision_threshold", torch.tensor(0.5))
@@ -92,11 +101,6 @@ class PneumoniaClassifier(
         """Logits from images, or from backbone features computed earlier (the feature cache)."""
         return self.head(self.forward_features(pixel_values) if features is None else features)
 
-    def features_and_statistics(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled features for the head and, from the same forward pass, the guard's statistics."""
-        final, stages = self.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
-        return self.backbone.forward_head(final), stage_statistics(stages)
-
     def serving_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What serving needs, from one backbone pass: logits, the guard's statistics, and the last feature map
         (N, C, h, w) that the pooled features come from, which Grad-CAM weighs (serving/heatmap.py)."""
@@ -111,8 +115,6 @@ class PneumoniaClassifier(
         """Only the head ever trains; the frozen backbone stays in eval mode."""
         super().train(mode)
         self.backbone.eval()
-        if mode:
-            self._predictor = None  # an exported copy would go stale as the head trains
         return self
 
     # Operating point and guard, fitted after training
@@ -138,25 +140,16 @@ class PneumoniaClassifier(
 
     # Prediction (serving/predictor.py does the work)
 
-    @property
-    def predictor(self) -> Predictor:
-        """The model's predictor: eager PyTorch, or ONNX Runtime after `use_onnxruntime()`."""
-        if self._predictor is None:
-            self._predictor = Predictor(self, engine="eager")
-        return self._predictor
+    def predict(self, image: str | Path | Image.Image, allow_non_xray: bool = False) -> dict[str, float]:
+        """`{label: calibrated probability}` for an image file (JPEG, PNG, DICOM...) or a PIL image (any mode).
 
-    def use_onnxruntime(self) -> bool:
-        """Predict through ONNX Runtime (1.5-1.8x faster on CPU); False, staying eager, off the CPU or if export fails."""
-        self._predictor = Predictor(self, engine="onnxruntime")
-        return self._predictor.engine == "onnxruntime"
-
-    def analyse(self, image: str | Path | Image.Image, heatmap: bool = False):
-        """The whole `Prediction` for an image file (read like the app reads uploads) or a PIL image."""
-        return self.predictor.predict_image(image, heatmap=heatmap)
-
-    def predict(self, image: str | Path | Image.Image) -> dict[str, float]:
-        """`{label: calibrated probability}` for an image file (JPEG, PNG, DICOM...) or a PIL image (any mode)."""
-        return self.analyse(image).probabilities
+        Raises NotAChestXray (an InputImageError, with the Space's sentence) for an image that does not look like a
+        chest X-ray, unless `allow_non_xray` asks for the probabilities anyway; InputImageError for an unusable file.
+        """
+        prediction = Predictor(self, engine="eager").analyse(image)
+        if not (prediction.looks_like_xray or allow_non_xray):
+            raise NotAChestXray(prediction)
+        return prediction.probabilities
 
     # Save / load
 
@@ -187,9 +180,9 @@ class PneumoniaClassifier(
         shutil.copy(REMOTE_CODE, save_directory / REMOTE_CODE.name)
 
 
-def load_model(model_id: str, onnxruntime: bool = True) -> PneumoniaClassifier:
-    """A trainer output folder or Hub repo, ready to serve (through ONNX Runtime unless `onnxruntime` is False);
-    ModelNotFound, saying what to do, when there is none."""
+def load_model(model_id: str) -> PneumoniaClassifier:
+    """The model of a trainer output folder or Hub repo, in eval mode; ModelNotFound, saying what to do, when there
+    is none. Serve it through `Predictor(model)`."""
     try:
         model = PneumoniaClassifier.from_pretrained(model_id)
     except (OSError, ValueError, EntryNotFoundError) as error:  # no folder, unknown repo, offline Hub, bad id
@@ -198,6 +191,4 @@ def load_model(model_id: str, onnxruntime: bool = True) -> PneumoniaClassifier:
             "Train one with `python -m trainer --output_dir outputs` (add --no_pretrained offline), or give a folder "
             "saved by the trainer (outputs/best) or a Hub repo id such as NAME/REPO."
         ) from error
-    if onnxruntime:
-        model.use_onnxruntime()
     return model

@@ -8,6 +8,7 @@ distance and the Grad-CAM weights (a backward pass through the head only, servin
 """
 
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 import onnxruntime
@@ -30,12 +31,35 @@ class ServingForward(nn.Module):
         return self.model.serving_forward(pixel_values)
 
 
+@contextmanager
+def in_eval_mode(module: nn.Module):
+    """`module` and its submodules in eval mode for the block, then each back in the mode it had."""
+    modes = {submodule: submodule.training for submodule in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for submodule, training in modes.items():
+            submodule.training = training
+
+
 def onnx_bytes(module: nn.Module, input_size: list[int], output_names: list[str]) -> bytes:
-    """`module(pixel_values)` exported to ONNX by the dynamo exporter, batch size dynamic, weights inside."""
+    """`module(pixel_values)` in eval mode, exported to ONNX by the dynamo exporter, batch size dynamic, weights
+    inside; the module's mode is left as the caller had it."""
     example = torch.zeros(2, *input_size)  # 2, not 1: the exporter would fix a batch dimension of 1
-    program = torch.onnx.export(module.eval(), (example,), input_names=[INPUT], output_names=output_names,
-                                dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
+    with in_eval_mode(module):
+        program = torch.onnx.export(module, (example,), input_names=[INPUT], output_names=output_names,
+                                    dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
     return program.model_proto.SerializeToString()
+
+
+def onnx_session(graph: bytes, threads: int = 0, allow_spinning: bool = False) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session for `graph`: `threads` intra-op threads (0: one per core), idle threads not spinning
+    unless asked (spinning threads starve the PyTorch preprocessing between runs: 4.4 vs 0.6 ms measured)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxForward:
@@ -43,11 +67,7 @@ class OnnxForward:
 
     def __init__(self, model: nn.Module, allow_spinning: bool = False):
         exported = onnx_bytes(ServingForward(model), model.preprocessing["input_size"], OUTPUTS)
-        options = onnxruntime.SessionOptions()
-        # Idle ORT threads would spin and starve the PyTorch preprocessing between runs (4.4 vs 0.6 ms measured).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        self.session = onnxruntime.InferenceSession(exported, options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnx_session(exported, allow_spinning=allow_spinning)
 
     def __call__(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pixels = np.ascontiguousarray(pixel_values.detach().cpu().float().numpy())

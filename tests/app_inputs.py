@@ -1,5 +1,6 @@
 """Real and deliberately broken uploads for the app tests, made from the bundled X-rays."""
 
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -7,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from skimage import data
 
 from tests.conftest import sample_images
 
@@ -46,6 +49,16 @@ def dicom_variants(folder: Path) -> dict[str, Path]:
         "mono1_12bit": write_dicom(folder / "mono1_12.dcm", 4095 - grey * 16, "MONOCHROME1", bits_stored=12),
         "mono2_12bit_window": write_dicom(folder / "mono2_12w.dcm", grey * 16, bits_stored=12, window=(2048, 4096)),
     }
+
+
+def non_xray_files(folder: Path) -> dict[str, Path]:
+    """Real images that are not chest X-rays, as files: a photograph (scikit-image's cat), a scanned document
+    (its scanned page of text) and a CT slice (pydicom's CT_small.dcm, a real 128 x 128 CT image)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.chelsea()).save(folder / "photo_of_a_cat.jpeg", quality=90)
+    Image.fromarray(data.page()).save(folder / "scanned_page.png")
+    return {"photograph": folder / "photo_of_a_cat.jpeg", "scanned document": folder / "scanned_page.png",
+            "CT slice": Path(shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct_slice.dcm"))}
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:

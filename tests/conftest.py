@@ -1,5 +1,7 @@
 """Shared fixtures. Nothing here reaches the network: Hub traffic goes to a server on loopback."""
 
+import asyncio
+import base64
 import json
 import os
 import socket
@@ -27,6 +29,7 @@ os.environ["HF_HUB_OFFLINE"] = "0"
 
 import shutil  # noqa: E402
 import threading  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -41,7 +44,8 @@ SAMPLE_DIR = REPO_ROOT / "sample_data" / "chest_xray"
 
 # Tests that use these (the session's trained models, the app, the browser) are marked slow by
 # pytest_collection_modifyitems; tests that train or start a new Python process carry the mark themselves.
-SLOW_FIXTURES = {"trained_run", "served_run", "served_model", "app_url", "pushed_served_model", "browser"}
+SLOW_FIXTURES = {"trained_run", "served_run", "served_model", "served_predictor", "app_url", "pushed_served_model",
+                 "browser"}
 
 
 def pytest_collection_modifyitems(items):
@@ -82,6 +86,26 @@ def pipeline_answers(model_id: str, images: list, cwd) -> list[list[dict]]:
                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def data_url(path, mime: str) -> str:
+    """How an MCP client hands the tool a file it holds: a base64 data URL (Gradio also takes http(s) URLs)."""
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def mcp_session(app_url: str, calls):
+    """Run `calls(session)` in an initialised MCP session with the app; return what it returns. The client's event
+    loop runs in a thread of its own: Playwright's sync API (the session's browser) keeps one running in this one."""
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def run():
+        async with streamable_http_client(f"{app_url}gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await calls(session)
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
 
 
 @pytest.fixture
@@ -147,6 +171,14 @@ def served_model(served_run):
     from serving import PneumoniaClassifier
 
     return PneumoniaClassifier.from_pretrained(served_run / "best")
+
+
+@pytest.fixture(scope="session")
+def served_predictor(served_model):
+    """The served model's eager Predictor: the whole answer (decision, guard, heatmap) every entry point must give."""
+    from serving import Predictor
+
+    return Predictor(served_model, engine="eager")
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from dataset_scripts.non_xray_images import non_xray_images
-from serving import PneumoniaClassifier
-from serving.demo import diagnose
+from serving import PneumoniaClassifier, Predictor
 from serving.heatmap import grad_cam, overlay
+from serving.upload import diagnose
 from tests.app_inputs import bad_uploads, dicom_variants
 from tests.conftest import REPO_ROOT, confidences, sample_images
 
@@ -70,9 +70,9 @@ def test_heatmap_explains_the_decision_at_the_threshold_not_the_argmax(served_ru
     argmax = int(pneumonia >= 0.5)
     # A threshold on the far side of the probability makes the decision the other class than the argmax
     model.set_operating_point(float(model.temperature), (pneumonia + 1) / 2 if argmax else pneumonia / 2)
-    prediction, decision, radiograph = diagnose(model, path)
-    image = model.predictor.read(path)
-    _, _, feature_map = model.predictor.forward(model.transform(image).unsqueeze(0))
+    predictor = Predictor(model, engine="eager")
+    prediction, decision, radiograph = diagnose(predictor, path)
+    _, _, feature_map = predictor.forward(model.transform(predictor.read(path)).unsqueeze(0))
 
     def overlay_of(class_index):
         return np.asarray(overlay(radiograph, grad_cam(model, feature_map, [class_index])[0]))

@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from serving.guard import GUARD_STAGES, stage_statistics
 from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
 from trainer.config import parse_config
 from trainer.data import load_chest_xray, make_loader, split_by_patient, train_transform
@@ -127,9 +128,13 @@ def test_extraction_engines_give_eager_features_and_statistics_and_restore_the_l
     model = model_for_training("resnet18", False, 16, 0.0).to(accelerator.device)
     split = train_split.select(range(12))
     loader = make_loader(split, model.transform, 6, False, 0)
+    def reference(pixels):  # timm's own pooled features, and the guard's statistics of the same stages
+        stages = model.backbone.forward_intermediates(pixels, indices=GUARD_STAGES, intermediates_only=True)
+        return model.backbone(pixels), stage_statistics(stages)
+
     with torch.no_grad():
         expected = [torch.cat(outputs).cpu() for outputs in zip(*(
-            model.features_and_statistics(batch["pixel_values"].to(accelerator.device)) for batch in loader))]
+            reference(batch["pixel_values"].to(accelerator.device)) for batch in loader))]
     assert expected[0].shape == (12, 512) and expected[1].shape == (12, 1920)
     for engine in ("eager", "onnxruntime"):
         for extracted, reference in zip(Extractor(model, engine)(accelerator.prepare(loader), accelerator, engine),

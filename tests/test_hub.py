@@ -3,15 +3,16 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import gradio
 import pytest
-from huggingface_hub import HfApi, ModelCard, SpaceCard, snapshot_download
+from huggingface_hub import HfApi, ModelCard, SpaceCard, hf_hub_download, snapshot_download
 
-from serving.demo import example_files
+from serving.upload import example_files
 from tests.conftest import FAST_TRAINING, REPO_ROOT, cli_error, sample_images
 from tests.hub_server import TOKEN, USER
 from trainer import PneumoniaClassifier
@@ -147,6 +148,10 @@ def test_space_push_uploads_the_app_with_gradio_front_matter(hub):
     assert {"app.py", "requirements.txt", "README.md", "serving/__init__.py", "serving/model.py",
             "serving/predictor.py", "serving/hub_files/modeling_pneumonia.py"} <= files
     assert not any(f.startswith("trainer/") for f in files)  # serving only: no training code, no feature cache
+    requirements = Path(hf_hub_download(space_id, "requirements.txt", repo_type="space", token=TOKEN)).read_text()
+    required = {re.split(r"[\[<>=~ ]", line)[0] for line in requirements.splitlines() if line and line[0].isalpha()}
+    assert {"gradio", "torch", "timm", "pydicom", "onnxruntime"} <= required
+    assert not required & {"accelerate", "datasets", "evaluate", "scikit-learn", "transformers"}
     assert sum(f.startswith("sample_data/chest_xray/test/") for f in files) == len(example_files()) == 8
     card = SpaceCard.load(space_id, repo_type="space")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py"

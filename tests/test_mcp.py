@@ -1,34 +1,12 @@
 """The Space as an MCP server: a real MCP client (the `mcp` package) against `python app.py`."""
 
 import ast
-import asyncio
-import base64
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from gradio_client import Client, handle_file
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from dataset_scripts.non_xray_images import non_xray_images
-from tests.conftest import confidences, sample_images
-
-
-def data_url(path, mime: str) -> str:
-    """How an MCP client hands the tool a file it holds: a base64 data URL (Gradio also takes http(s) URLs)."""
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def mcp_session(app_url: str, calls):
-    """Run `calls(session)` in an initialised MCP session with the app; return what it returns. The client's event
-    loop runs in a thread of its own: Playwright's sync API (the session's browser) keeps one running in this one."""
-    async def run():
-        async with streamable_http_client(f"{app_url}gradio_api/mcp/") as (read, write, _):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                return await calls(session)
-    with ThreadPoolExecutor(1) as thread:
-        return thread.submit(asyncio.run, run()).result()
+from tests.conftest import confidences, data_url, mcp_session, sample_images
 
 
 def test_the_prediction_tool_is_listed_with_its_threshold_and_caveat(app_url):

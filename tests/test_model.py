@@ -7,6 +7,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from serving.images import read_image
 from tests.conftest import sample_images
 from trainer import PneumoniaClassifier
 from trainer.config import TrainingConfig
@@ -24,7 +25,7 @@ def model():
 def real_batch(model, count=4):
     images = sample_images("train", "NORMAL", count // 2) + sample_images("train", "PNEUMONIA", count // 2)
     transform = train_transform(model.preprocessing, rotation_degrees=10)
-    pixel_values = torch.stack([transform(model.predictor.read(p)) for p in images])
+    pixel_values = torch.stack([transform(read_image(p, model.input_size)) for p in images])
     return pixel_values, torch.tensor([0] * (count // 2) + [1] * (count // 2))
 
 
@@ -60,7 +61,7 @@ def test_saved_model_reloads_with_identical_predictions(model, tmp_path):
     with torch.no_grad():
         model.head[3].bias.copy_(torch.tensor([0.3, -0.2]))  # make the head differ from a fresh one
     image = sample_images("test", "PNEUMONIA", 1)[0]
-    before = model.predict(image)
+    before = model.eval().predict(image)  # a fresh model is in training mode; predicting never switches it
     model.save_pretrained(tmp_path / "saved")
     reloaded = PneumoniaClassifier.from_pretrained(tmp_path / "saved")
     assert reloaded.predict(image) == before

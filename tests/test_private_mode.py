@@ -35,18 +35,21 @@ def test_images(tmp_path_factory):
     return xrays[:8] + sorted(folder.glob("*_*.png")) + [folder / f"{name}.png" for name in NON_XRAYS]
 
 
-def test_the_pushed_graph_gives_the_predictors_answers(pushed_served_model, served_model, test_images):
+def test_the_pushed_graph_gives_the_predictors_answers(pushed_served_model, served_model, served_predictor,
+                                                       test_images):
     """ONNX Runtime (Python) on the pushed onnx/model.onnx: probabilities, decision, guard and Grad-CAM as the
     Predictor computes them."""
     session = onnxruntime.InferenceSession(hf_hub_download(pushed_served_model, "onnx/model.onnx", token=TOKEN))
     for path in test_images:
-        expected = served_model.analyse(path, heatmap=True)
+        expected = served_predictor.analyse(path, heatmap=True)
         probabilities, decision, distance, looks_like_xray, heatmap = session.run(
-            None, {"pixel_values": served_model.transform(served_model.predictor.read(path)).unsqueeze(0).numpy()})
+            None, {"pixel_values": served_model.transform(served_predictor.read(path)).unsqueeze(0).numpy()})
         assert probabilities[0] == pytest.approx([expected.probabilities[label] for label in served_model.labels], abs=1e-5)
-        assert served_model.labels[decision[0]] == expected.decision and bool(looks_like_xray[0]) == expected.looks_like_xray
+        at_threshold = served_predictor.decide(expected.probabilities["PNEUMONIA"])  # the page answers the refusal
+        assert served_model.labels[decision[0]] == at_threshold and bool(looks_like_xray[0]) == expected.looks_like_xray
         assert distance[0] == pytest.approx(expected.guard_distance, rel=1e-4)
-        np.testing.assert_allclose(heatmap[0], expected.heatmap, rtol=1e-4, atol=1e-5 * expected.heatmap.max())
+        if expected.looks_like_xray:  # a refused image gets no heatmap
+            np.testing.assert_allclose(heatmap[0], expected.heatmap, rtol=1e-4, atol=1e-5 * expected.heatmap.max())
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +107,9 @@ def bad_files(folder) -> dict[str, str]:
 
 @pytest.mark.browser
 @needs_chromium
-def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowhere(page_url, served_model, test_images, hub,
-                                                                                        browser, pushed_served_model,
-                                                                                        tmp_path):
+def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowhere(page_url, served_predictor,
+                                                                                        test_images, hub, browser,
+                                                                                        pushed_served_model, tmp_path):
     """10 X-rays and 3 non-X-rays picked through the page's file input: P(PNEUMONIA) within 0.01 of Python's
     (PneumoniaClassifier.predict), the same decision and not-an-X-ray verdict, the same overlay. Unreadable and
     tiny files get a reason, as in the Space."""
@@ -142,7 +145,7 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
 
     differences = []
     for path, answer in answers.items():
-        expected = served_model.analyse(path, heatmap=path == test_images[0])
+        expected = served_predictor.analyse(path, heatmap=path == test_images[0])
         differences.append(abs(float(answer["pneumonia"]) - expected.probabilities["PNEUMONIA"]))
         assert differences[-1] <= 0.01, path.name
         assert answer["looksLikeXray"] == str(expected.looks_like_xray).lower(), path.name
@@ -150,12 +153,12 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
         shown = "Model output" if expected.looks_like_xray else "This does not look like a chest X-ray"
         assert answer["text"].startswith(shown), path.name
     print(f"largest |P(PNEUMONIA) page - Python| over {len(answers)} images: {max(differences):.2e}")
-    assert sum(not served_model.analyse(path).looks_like_xray for path in test_images[-3:]) >= 1  # the guard is exercised
+    assert sum(not served_predictor.analyse(path).looks_like_xray for path in test_images[-3:]) >= 1  # guard exercised
 
     # The heatmap drawn by the page is Python's overlay of the same radiograph (a 224×224 JPEG: shown at its size).
     drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(overlay.split(",")[1]))).convert("RGB"))
-    radiograph = served_model.predictor.read(test_images[0])
-    python = np.asarray(served_model.analyse(radiograph, heatmap=True).overlay(radiograph), dtype=np.int16)
+    radiograph = served_predictor.read(test_images[0])
+    python = np.asarray(served_predictor.analyse(radiograph, heatmap=True).overlay(radiograph), dtype=np.int16)
     assert np.abs(drawn.astype(np.int16) - python).mean() < 1.0
 
     # Only the page's own files and the model repo's files were requested: the images went nowhere.

@@ -11,6 +11,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from serving.model import load_model
+from serving.predictor import Predictor
 from tests.conftest import SAMPLE_DIR, cli_error, pipeline_answers, sample_images
 from tests.hub_server import TOKEN, USER
 from trainer.push import push_run
@@ -44,13 +45,13 @@ def test_the_saved_operating_point_meets_the_strategy_on_the_site_through_every_
     """sensitivity:0.9 on the site: the recalibrated model, as the app's predictor and the transformers pipeline
     load it, calls at least 90% of the site's PNEUMONIA images PNEUMONIA, with the same decisions."""
     _, output_dir, _ = recalibrated
-    model = load_model(str(output_dir / "best"))
+    predictor = Predictor(load_model(str(output_dir / "best")))
     pneumonia = sorted((SITE / "PNEUMONIA").glob("*.jpeg"))
-    decisions = [model.analyse(path).decision for path in pneumonia]
+    decisions = [predictor.analyse(path).decision for path in pneumonia]
     assert decisions.count("PNEUMONIA") / len(pneumonia) >= 0.9
     checked = pneumonia[:6] + sample_images("test", "NORMAL", 6)
     answers = pipeline_answers(str(output_dir / "best"), checked, cwd=tmp_path)
-    assert [answer[0]["label"] for answer in answers] == [model.analyse(path).decision for path in checked]
+    assert [answer[0]["label"] for answer in answers] == [predictor.analyse(path).decision for path in checked]
 
 
 def test_report_has_before_and_cross_fitted_after_with_intervals(recalibrated):

@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from dataset_scripts.non_xray_images import non_xray_images
-from serving import PneumoniaClassifier, read_image
+from serving import PneumoniaClassifier, Predictor, read_image
 from tests.conftest import sample_images
 
 
 @pytest.fixture(scope="module")
 def models(trained_run):
-    """The trained model twice: eager PyTorch (the reference) and served by ONNX Runtime."""
-    eager = PneumoniaClassifier.from_pretrained(trained_run[0] / "best")
-    served = PneumoniaClassifier.from_pretrained(trained_run[0] / "best")
-    assert served.use_onnxruntime()
+    """Predictors of the trained model: eager PyTorch (the reference) and ONNX Runtime."""
+    eager = Predictor(PneumoniaClassifier.from_pretrained(trained_run[0] / "best"), engine="eager")
+    served = Predictor(PneumoniaClassifier.from_pretrained(trained_run[0] / "best"), engine="onnxruntime")
+    assert eager.engine == "eager" and served.engine == "onnxruntime"
     return eager, served
 
 
@@ -34,27 +34,33 @@ def test_single_images_get_eager_probabilities_and_guard_verdicts(models):
 
 def test_batches_of_any_size_match_eager_outputs(models):
     eager, served = models
-    pixels = torch.stack([eager.transform(image) for image in real_images()])
+    pixels = torch.stack([eager.model.transform(image) for image in real_images()])
     for size in (1, 2, 6):
-        expected_logits, expected_statistics, expected_maps = eager.predictor.forward(pixels[:size])
-        logits, statistics, feature_maps = served.predictor.forward(pixels[:size])
+        expected_logits, expected_statistics, expected_maps = eager.forward(pixels[:size])
+        logits, statistics, feature_maps = served.forward(pixels[:size])
         assert logits.shape == expected_logits.shape and feature_maps.shape == expected_maps.shape == (size, 512, 7, 7)
         torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(feature_maps, expected_maps, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(served.predictor.guard_distances(statistics),
-                                   eager.predictor.guard_distances(expected_statistics), atol=0, rtol=1e-4)
+        torch.testing.assert_close(served.guard_distances(statistics),
+                                   eager.guard_distances(expected_statistics), atol=0, rtol=1e-4)
 
 
-def test_training_drops_the_exported_copy(trained_run):
+def test_changed_weights_are_never_served_from_the_stale_export_nor_in_training_mode(trained_run):
     model = PneumoniaClassifier.from_pretrained(trained_run[0] / "best")
-    assert model.use_onnxruntime()
+    predictor = Predictor(model)
+    pixels = model.transform(real_images()[0]).unsqueeze(0)
+    exported_logits, _, _ = predictor.forward(pixels)
     model.train()
+    with pytest.raises(ValueError, match="training mode"):  # dropout would make answers random: refused, not changed
+        predictor.analyse(real_images()[0])
     with torch.no_grad():
         model.head[-1].bias.add_(torch.tensor([5.0, -5.0]))  # weights change after the export
-    pixels = model.transform(real_images()[0]).unsqueeze(0)
-    logits, _, _ = model.predictor.forward(pixels)
-    assert model.predictor.engine == "eager"
-    torch.testing.assert_close(logits, model.eval()(pixels))
+    model.eval()
+    logits, _, _ = predictor.forward(pixels)
+    torch.testing.assert_close(logits, model(pixels))
+    assert not torch.allclose(logits, exported_logits)
+    with pytest.raises(ValueError, match="training mode"):
+        Predictor(model.train())
 
 
 def test_a_backbone_that_cannot_be_exported_falls_back_to_eager(trained_run, monkeypatch, caplog):
@@ -63,7 +69,7 @@ def test_a_backbone_that_cannot_be_exported_falls_back_to_eager(trained_run, mon
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(torch.onnx, "export", failing_export)
-    model = PneumoniaClassifier.from_pretrained(trained_run[0] / "best")
-    assert not model.use_onnxruntime()
+    predictor = Predictor(PneumoniaClassifier.from_pretrained(trained_run[0] / "best"))
+    assert predictor.engine == "eager"
     assert "unsupported operator" in caplog.text and "eager PyTorch" in caplog.text
-    assert sum(model.predict(sample_images("test", "NORMAL", 1)[0]).values()) == pytest.approx(1.0)
+    assert sum(predictor.analyse(sample_images("test", "NORMAL", 1)[0]).probabilities.values()) == pytest.approx(1.0)

@@ -6,6 +6,7 @@ import csv
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +16,10 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from serving import InputImageError, PneumoniaClassifier
+from serving import InputImageError, NotAChestXray, PneumoniaClassifier, Predictor, read_image
 from serving.heatmap import grad_cam, upsample
-from tests.app_inputs import bad_uploads, dicom_variants
-from tests.conftest import REPO_ROOT, SAMPLE_DIR, pipeline_answers, sample_images
+from tests.app_inputs import bad_uploads, dicom_variants, non_xray_files
+from tests.conftest import REPO_ROOT, SAMPLE_DIR, data_url, mcp_session, pipeline_answers, sample_images
 from trainer.model import model_for_training
 from trainer.predict import main as predict
 
@@ -39,12 +40,12 @@ def test_heatmap_equals_pytorch_grad_cam_on_the_last_stage(served_run, engine):
     torch.manual_seed(0)
     untrained = model_for_training("resnet18", False, 256, 0.5)  # a second model, with other maps
     compared = 0
-    for candidate in (PneumoniaClassifier.from_pretrained(served_run / "best"), untrained):
-        if engine == "onnxruntime":
-            assert candidate.use_onnxruntime()
+    for candidate in (PneumoniaClassifier.from_pretrained(served_run / "best"), untrained.eval()):
+        predictor = Predictor(candidate, engine)
+        assert predictor.engine == engine
         for path in sample_images("test", "NORMAL", 3) + sample_images("test", "PNEUMONIA", 3):
-            image = candidate.predictor.read(path)
-            _, _, feature_map = candidate.predictor.forward(candidate.transform(image).unsqueeze(0))
+            image = predictor.read(path)
+            _, _, feature_map = predictor.forward(candidate.transform(image).unsqueeze(0))
             for class_index in (0, 1):
                 expected = reference_grad_cam(candidate, image, class_index)
                 ours = upsample(grad_cam(candidate, feature_map, [class_index])[0], (224, 224))
@@ -53,10 +54,10 @@ def test_heatmap_equals_pytorch_grad_cam_on_the_last_stage(served_run, engine):
     assert compared >= 12
 
 
-def test_concurrent_visitors_get_the_heatmap_and_probabilities_of_their_own_image(app_url, served_model):
+def test_concurrent_visitors_get_the_heatmap_and_probabilities_of_their_own_image(app_url, served_predictor):
     images = TEST_IMAGES[::12][:8]
     assert len({p.name for p in images}) == 8
-    assert all(served_model.analyse(p, heatmap=True).heatmap.max() > 0 for p in images)  # every map shows something
+    assert all(served_predictor.analyse(p, heatmap=True).heatmap.max() > 0 for p in images)  # every map shows something
 
     def ask(path):
         label, _, _, overlay_png = Client(app_url, verbose=False).predict(handle_file(str(path)), api_name="/predict")
@@ -73,22 +74,38 @@ def test_concurrent_visitors_get_the_heatmap_and_probabilities_of_their_own_imag
             f"{np.abs(shown.astype(int) - shown_alone).max()} grey levels"
 
 
-def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(served_run, served_model, app_url,
-                                                                                  pushed_served_model, tmp_path):
+def test_every_entry_point_gives_one_answer_at_a_threshold_far_from_half_and_none_for_non_xrays(
+        served_run, served_model, served_predictor, app_url, pushed_served_model, tmp_path):
+    """The 101 sample X-rays get the Predictor's decision everywhere; a photograph, a scanned page and a CT slice get
+    NOT_A_CHEST_XRAY (or the Space's sentence, or NotAChestXray) everywhere, NORMAL or PNEUMONIA nowhere."""
     assert served_model.threshold == pytest.approx(0.8)
-    project = {str(p): served_model.analyse(p) for p in TEST_IMAGES}
-    between = [p for p, answer in project.items() if 0.5 <= answer.probabilities["PNEUMONIA"] < served_model.threshold]
+    non_xrays = {str(p): name for name, p in non_xray_files(tmp_path / "not_xrays").items()}
+    project = {str(p): served_predictor.analyse(p) for p in [*TEST_IMAGES, *non_xrays]}
+    between = [p for p, answer in project.items() if answer.looks_like_xray
+               and 0.5 <= answer.probabilities["PNEUMONIA"] < served_model.threshold]
     assert between, "no image lies between 0.5 and the threshold: the test could not tell argmax from decision"
     assert all(project[p].decision == "NORMAL" for p in between)
+    assert {project[p].decision for p in non_xrays} == {"NOT_A_CHEST_XRAY"}
+    assert {"NORMAL", "PNEUMONIA"} <= {project[p].decision for p in map(str, TEST_IMAGES)}
+
+    # PneumoniaClassifier.predict refuses with the Space's sentence, unless asked for the raw probabilities
+    for path in non_xrays:
+        with pytest.raises(NotAChestXray, match="This does not look like a chest X-ray"):
+            served_model.predict(path)
+        assert served_model.predict(path, allow_non_xray=True) == pytest.approx(project[path].probabilities)
 
     # The batch CLI (its main, in this process; test_predict.py runs it as a command)
     output = tmp_path / "predictions.csv"
-    predict([str(SAMPLE_DIR / "test"), "--model", str(served_run / "best"), "--output", str(output)])
+    predict([str(SAMPLE_DIR / "test"), str(tmp_path / "not_xrays"), "--model", str(served_run / "best"),
+             "--output", str(output)])
     cli = {row["path"]: row["prediction"] for row in csv.DictReader(output.open())}
 
     # The Space (what a visitor sees first: the label's heading and the decision text)
     def ask(path):
-        label, decision, *_ = Client(app_url, verbose=False).predict(handle_file(path), api_name="/predict")
+        label, decision, comparison, _ = Client(app_url, verbose=False).predict(handle_file(path), api_name="/predict")
+        if decision.startswith("**This does not look like a chest X-ray.**"):
+            assert comparison is None and (label is None or not label.get("confidences")), path
+            return "NOT_A_CHEST_XRAY"
         assert f"Model output: {label['label']}" in decision
         return label["label"]
 
@@ -99,22 +116,42 @@ def test_every_entry_point_gives_the_same_decision_at_a_threshold_far_from_half(
     table, _ = Client(app_url, verbose=False).predict([handle_file(p) for p in project], api_name="/screen")
     screened = dict(zip(project, (row[1] for row in table["data"])))
 
-    # The Hub model through transformers alone
-    pipeline = dict(zip(project, pipeline_answers(pushed_served_model, list(project), tmp_path)))
+    # The Space's MCP tool, as an agent calls it
+    async def calls(session):
+        return [await session.call_tool("predict", {"xray_file": data_url(Path(path), mime)})
+                for path, mime in zip(non_xrays, ("image/jpeg", "image/png", "application/dicom"))]
+
+    for result in mcp_session(app_url, calls):
+        assert not result.isError and "does not look like a chest X-ray" in result.content[0].text
+        assert "Model output" not in result.content[0].text
+
+    # The Hub model through transformers alone (it reads bitmaps: the CT slice as the project renders it)
+    as_bitmaps = [path if Path(path).suffix != ".dcm" else png_of(path, tmp_path) for path in project]
+    pipeline = dict(zip(project, pipeline_answers(pushed_served_model, as_bitmaps, tmp_path)))
 
     for path, answer in project.items():
         assert cli[path] == app[path] == screened[path] == pipeline[path][0]["label"] == answer.decision, path
+        if path in non_xrays:
+            assert len(pipeline[path]) == 1 and pipeline[path][0]["guard_distance"] == pytest.approx(
+                answer.guard_distance, rel=1e-3), non_xrays[path]
+            continue
         by_label = {entry["label"]: entry for entry in pipeline[path]}
         for label, probability in answer.probabilities.items():
             assert by_label[label]["probability"] == pytest.approx(probability, abs=1e-4)
         assert pipeline[path][0]["score"] >= 0.5 >= pipeline[path][1]["score"]
 
 
-def test_predict_reads_the_dicom_variants_the_app_reads(served_model, tmp_path):
+def png_of(path: str, folder: Path) -> str:
+    rendered = folder / f"{Path(path).stem}.png"
+    read_image(path).save(rendered)
+    return str(rendered)
+
+
+def test_predict_reads_the_dicom_variants_the_app_reads(served_model, served_predictor, tmp_path):
     source = Image.open(sample_images("test", "PNEUMONIA", 1)[0]).convert("L")
     expected = served_model.predict(source)
     for name, path in dicom_variants(tmp_path).items():
-        rendered = np.asarray(served_model.predictor.read(path).convert("L"), dtype=int)
+        rendered = np.asarray(served_predictor.read(path).convert("L"), dtype=int)
         assert np.abs(rendered - np.asarray(source, dtype=int)).max() <= 1, name  # the same radiograph, +-1 grey level
         assert served_model.predict(path) == pytest.approx(expected, abs=5e-3), name  # see test_app's DICOM test
 
@@ -128,15 +165,17 @@ def test_predict_refuses_unusable_files_with_the_apps_messages(untrained_model_d
         model.predict(tmp_path / "mistyped.jpeg")
 
 
-def test_serving_code_never_imports_training_code():
+def test_serving_code_imports_neither_training_code_nor_gradio_and_the_space_push_no_gradio():
     code = ("import sys, pkgutil, importlib, serving\n"
             "for module in pkgutil.walk_packages(serving.__path__, 'serving.'):\n"
             "    if module.name != 'serving.hub_files.modeling_pneumonia':  # runs under transformers only\n"
             "        importlib.import_module(module.name)\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'trainer'))\n")
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'trainer', 'gradio', 'gradio_client'}))\n"
+            "import trainer.push_space\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'gradio', 'gradio_client'}))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert result.stdout.strip().splitlines()[-2:] == ["[]", "[]"]
     imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse((REPO_ROOT / "app.py").read_text()))
                 if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in
                 (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}

@@ -4,6 +4,6 @@ Training lives here; the model and everything that serves it live in `serving` (
 `from trainer import PneumoniaClassifier`, which pushed model cards and users' scripts rely on).
 """
 
-from serving import LABELS, PneumoniaClassifier
+from serving import LABELS, NotAChestXray, PneumoniaClassifier, Predictor
 
-__all__ = ["LABELS", "PneumoniaClassifier"]
+__all__ = ["LABELS", "NotAChestXray", "PneumoniaClassifier", "Predictor"]

@@ -18,13 +18,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from serving.images import BITMAP_SUFFIXES
+from serving.images import BITMAP_SUFFIXES, image_files
+from serving.labels import LABELS
 from serving.preprocessing import eval_transform
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "chest_xray"
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SPLIT_FOLDERS = ("train", "test")
 # personNNN_bacteria_MMM.jpeg, IM-NNNN-MMMM.jpeg, NORMAL2-IM-NNNN-MMMM.jpeg (see the data README).
 # NORMAL2-IM-NNNN and IM-NNNN are treated as one patient: merging can only reduce leakage.
@@ -43,8 +43,9 @@ def patient_id(file_name: str) -> str:
     return match.group(1) or match.group(2)
 
 
-def image_files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.iterdir() if p.suffix.lower() in BITMAP_SUFFIXES)
+def class_images(class_dir: Path) -> list[Path]:
+    """The images of one class folder that the imagefolder loader reads (bitmaps: JPEG, PNG...), sorted."""
+    return image_files(class_dir, BITMAP_SUFFIXES)
 
 
 def check_layout(data_dir: Path) -> None:
@@ -58,12 +59,12 @@ def check_layout(data_dir: Path) -> None:
         if not (data_dir / split).is_dir():
             raise DatasetLayoutError(f"{data_dir} has no {split}/ folder. Expected the Kaggle layout "
                                      f"{data_dir}/{{train,test}}/{{NORMAL,PNEUMONIA}}/.")
-        for class_name in CLASS_NAMES:
+        for class_name in LABELS:
             class_dir = data_dir / split / class_name
             if not class_dir.is_dir():
                 raise DatasetLayoutError(f"Class folder {class_dir} is missing. Each of train/ and test/ "
-                                         f"needs {' and '.join(CLASS_NAMES)} folders.")
-            if not image_files(class_dir):
+                                         f"needs {' and '.join(LABELS)} folders.")
+            if not class_images(class_dir):
                 raise DatasetLayoutError(f"Class folder {class_dir} holds no images ({', '.join(BITMAP_SUFFIXES)}).")
 
 
@@ -86,7 +87,7 @@ def indented(items: list, shown: int = 20) -> str:
 
 def check_images(data_dir: Path) -> None:
     """Raise DatasetLayoutError naming every image under data_dir that cannot be decoded."""
-    paths = [p for split in SPLIT_FOLDERS for c in CLASS_NAMES for p in image_files(data_dir / split / c)]
+    paths = [p for split in SPLIT_FOLDERS for c in LABELS for p in class_images(data_dir / split / c)]
     unreadable = [p for p in paths if not is_readable(p)]
     if unreadable:
         raise DatasetLayoutError(f"{len(unreadable)} image(s) cannot be decoded; delete or replace them:{indented(unreadable)}")
@@ -113,13 +114,13 @@ def load_chest_xray(data_dir: str | Path, verify_images: bool = True) -> dataset
     check_layout(data_dir)
     if verify_images:
         check_images(data_dir)
-    data_files = {split: [str(p) for c in CLASS_NAMES for p in image_files(data_dir / split / c)]
+    data_files = {split: [str(p) for c in LABELS for p in class_images(data_dir / split / c)]
                   for split in SPLIT_FOLDERS}
     with quiet_datasets():
         dataset = datasets.load_dataset("imagefolder", data_files=data_files)
     names = dataset["train"].features["label"].names
-    if tuple(names) != CLASS_NAMES:
-        raise DatasetLayoutError(f"Expected labels {CLASS_NAMES} from the class folders, found {names}.")
+    if tuple(names) != LABELS:
+        raise DatasetLayoutError(f"Expected labels {LABELS} from the class folders, found {names}.")
     return add_file_names(dataset)
 
 
@@ -167,7 +168,7 @@ def split_manifest(splits: dict[str, datasets.Dataset], val_fraction: float, see
                       "within one patient: stratified by label, grouped by patient; test = the untouched test/ folder"),
         "validation_fraction_requested": val_fraction,
         "validation_fraction": achieved,
-        "label_names": list(CLASS_NAMES),
+        "label_names": list(LABELS),
         **files,
     }
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from serving.model import ModelNotFound, load_model
+from serving.model import ModelNotFound, add_model_argument, load_model
+from serving.predictor import Predictor
 
 from .calibration import brier_score, expected_calibration_error
 from .data import BUNDLED_SAMPLE, DatasetLayoutError, load_chest_xray, make_loader
@@ -75,11 +76,11 @@ def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: data
 
     Writes per-image predictions and the ROC, PR and reliability plots; returns `test_` metrics.
     """
-    model = load_model(str(model_dir), onnxruntime=False).to(accelerator.device)
+    model = load_model(str(model_dir)).to(accelerator.device)
     loader = accelerator.prepare(make_loader(test, model.transform, batch_size, False, num_workers))
     labels, logits = np.array(test["label"]), predict_logits(model, loader, accelerator, engine, cache_dir)
     # Calibration and decision exactly as the app, the CLI and PneumoniaClassifier.predict make them
-    predictor = model.predictor
+    predictor = Predictor(model, engine="eager")  # only its calibration and decision: the logits are made above
     scores = predictor.probabilities(logits)[:, 1].numpy()
     decisions = np.array([model.labels.index(predictor.decide(score)) for score in scores])
     raw_scores = logits.softmax(dim=-1)[:, 1].numpy()
@@ -106,7 +107,7 @@ def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: data
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="Evaluate a saved model on the test/ folder of a Kaggle-layout dataset.")
-    parser.add_argument("--model", default="outputs/best", help="Folder saved by the trainer, or a Hub repo id.")
+    add_model_argument(parser)
     parser.add_argument("--data_dir", default=str(BUNDLED_SAMPLE), help="Kaggle-layout folder; only test/ is used.")
     parser.add_argument("--output_dir", default="outputs/eval", help="Where eval_results.json and plots are written.")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Batch size per process.")

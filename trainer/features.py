@@ -34,7 +34,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from serving.runtime import INPUT, onnx_bytes
+from serving.guard import GUARD_STAGES, stage_statistics
+from serving.runtime import INPUT, onnx_bytes, onnx_session
 
 from .data import make_loader
 
@@ -70,7 +71,8 @@ class FeaturesAndStatistics(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self.model.features_and_statistics(pixel_values), dim=1)
+        final, stages = self.model.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
+        return torch.cat([self.model.backbone.forward_head(final), stage_statistics(stages)], dim=1)
 
 
 def backbone_digest(model) -> str:
@@ -125,10 +127,7 @@ class Extractor:
 
     @cached_property
     def session(self) -> onnxruntime.InferenceSession:
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        return onnxruntime.InferenceSession(exported_backbone(self.model, self.cache_dir), options,
-                                            providers=["CPUExecutionProvider"])
+        return onnx_session(exported_backbone(self.model, self.cache_dir), threads=torch.get_num_threads())
 
     def run_onnx(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixels = np.ascontiguousarray(pixel_values.cpu().numpy())  # NCHW, whatever the strides said

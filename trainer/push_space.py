@@ -2,9 +2,9 @@
 
     python -m trainer.push_space --space_id NAME/SPACE --hub_model_id NAME/REPO [--hub_token T] [--static]
 
-Uploads what serving needs and nothing of training: app.py, requirements.txt, the `serving` package,
-example images and a Space README with the Gradio front matter; then sets the Space variable MODEL_ID
-to the model repo (app.py reads it).
+Uploads what serving needs and nothing of training: app.py, the `serving` package, requirements-space.txt as the
+Space's requirements.txt (no accelerate, datasets or evaluate), example images and a Space README with the Gradio
+front matter; then sets the Space variable MODEL_ID to the model repo (app.py reads it).
 
 With --static it deploys private mode instead: a static Space (`sdk: static`) holding the page in
 private_mode/ (with its vendored ONNX Runtime Web) and model_repo.json, which names the Hub endpoint
@@ -21,11 +21,12 @@ from urllib.parse import urlsplit
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, SpaceCardData
 
-from serving.demo import example_files
+from serving.upload import example_files
 
 from .push import PushError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SPACE_REQUIREMENTS = REPO_ROOT / "requirements-space.txt"  # uploaded as the Space's requirements.txt
 PRIVATE_MODE = REPO_ROOT / "private_mode"
 PAGE_FILES = ["index.html", "app.js", "preprocessing.js", "style.css", "vendor/ort.wasm.bundle.min.mjs",
               "vendor/ort-wasm-simd-threaded.wasm", "vendor/README.md"]
@@ -50,8 +51,8 @@ model's `onnx/` files.
 """
 
 
-def gradio_version(requirements: Path = REPO_ROOT / "requirements.txt") -> str:
-    """The gradio version pinned in requirements.txt (the Space's sdk_version must equal it)."""
+def gradio_version(requirements: Path = SPACE_REQUIREMENTS) -> str:
+    """The gradio version pinned in the Space's requirements (the Space's sdk_version must equal it)."""
     match = re.search(r"^gradio(\[[\w,]+\])?==([\w.]+)\s*$", requirements.read_text(), re.MULTILINE)
     if match is None:
         raise PushError(f"{requirements} must pin gradio (gradio==X.Y.Z) for the Space's sdk_version.")
@@ -109,15 +110,17 @@ def write_static_site(folder: str | Path, model_id: str, endpoint: str) -> Path:
 
 
 def space_files() -> list[Path]:
-    """Repository files the Space needs: the app, its requirements, the serving package and the example X-rays."""
-    package = [p for p in (REPO_ROOT / "serving").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    """Repository files the Space needs besides its requirements: the app, the serving package and example X-rays."""
+    package = [p for p in (REPO_ROOT / "serving").rglob("*") if p.is_file() and "__pycache__" not in p.parts
+               and p.suffix != ".pyi"]
     examples = [Path(p) for p in example_files()]
-    return [REPO_ROOT / "app.py", REPO_ROOT / "requirements.txt", *package, *examples]
+    return [REPO_ROOT / "app.py", *package, *examples]
 
 
 def gradio_space_operations(model_id: str) -> list[CommitOperationAdd]:
     operations = [CommitOperationAdd(str(p.relative_to(REPO_ROOT)), p) for p in space_files()]
-    return [*operations, CommitOperationAdd("README.md", str(space_card(model_id)).encode())]
+    return [*operations, CommitOperationAdd("requirements.txt", SPACE_REQUIREMENTS),
+            CommitOperationAdd("README.md", str(space_card(model_id)).encode())]
 
 
 def push_space(space_id: str, model_id: str, token: str | None = None, static: bool = False) -> CommitInfo:

@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from serving.batch import ImageFiles, collate, image_paths
 from serving.images import ACCEPTED_SUFFIXES
-from serving.model import ModelNotFound, load_model
+from serving.labels import LABELS
+from serving.model import ModelNotFound, add_model_argument, load_model
+from serving.predictor import Predictor
 
 from .calibration import brier_score, check_threshold_strategy, expected_calibration_error, fit_operating_point
-from .data import CLASS_NAMES, indented, patient_id
+from .data import indented, patient_id
 from .evaluation import write_json
 from .model_card import write_model_card
 from .push import RUN_FILES
@@ -47,14 +49,14 @@ def site_images(site_dir: Path) -> tuple[list[Path], np.ndarray]:
     layout or too few images of a class."""
     if not site_dir.is_dir():
         raise SiteDataError(f"Site folder {site_dir} does not exist.")
-    missing = [name for name in CLASS_NAMES if not (site_dir / name).is_dir()]
+    missing = [name for name in LABELS if not (site_dir / name).is_dir()]
     if missing:
         found = sorted(p.name + "/" for p in site_dir.iterdir() if p.is_dir())
-        raise SiteDataError(f"{site_dir} must hold the labelled folders {' and '.join(n + '/' for n in CLASS_NAMES)} "
+        raise SiteDataError(f"{site_dir} must hold the labelled folders {' and '.join(n + '/' for n in LABELS)} "
                             f"directly; {', '.join(missing)} missing (found: {', '.join(found) or 'no folders'}). "
                             "For a Kaggle-layout folder pass its test/ (or another labelled) subfolder.")
     paths, labels = [], []
-    for label, name in enumerate(CLASS_NAMES):
+    for label, name in enumerate(LABELS):
         files = image_paths([str(site_dir / name)])
         if len(files) < MIN_IMAGES_PER_CLASS:
             raise SiteDataError(f"{site_dir / name} holds {len(files)} images; recalibration needs at least "
@@ -65,9 +67,9 @@ def site_images(site_dir: Path) -> tuple[list[Path], np.ndarray]:
 
 
 @torch.inference_mode()
-def site_logits(model, paths: list[Path], batch_size: int, num_workers: int) -> tuple[torch.Tensor, np.ndarray]:
+def site_logits(predictor: Predictor, paths: list[Path], batch_size: int,
+                num_workers: int) -> tuple[torch.Tensor, np.ndarray]:
     """Raw logits and not-an-X-ray verdicts of every image; SiteDataError naming every unreadable file."""
-    predictor = model.predictor
     logits, looks_like_xray, failures = [None] * len(paths), [None] * len(paths), []
     loader = DataLoader(ImageFiles(paths, predictor, keep_images=False), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate)
@@ -75,7 +77,7 @@ def site_logits(model, paths: list[Path], batch_size: int, num_workers: int) -> 
         failures += [f"{paths[index]}: {message}" for index, message in failed]
         if pixels is not None:
             batch_logits, statistics, _ = predictor.forward(pixels)
-            verdicts = predictor.guard_distances(statistics) <= float(model.guard_threshold)
+            verdicts = predictor.guard_distances(statistics) <= float(predictor.model.guard_threshold)
             for position, index in enumerate(indices):
                 logits[index], looks_like_xray[index] = batch_logits[position].float().cpu(), bool(verdicts[position])
     if failures:
@@ -121,15 +123,16 @@ def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str, 
     paths, labels = site_images(site_dir)
     model_path, run_files = model_and_run_files(model_id)
     model = load_model(model_path)
-    logits, looks_like_xray = site_logits(model, paths, batch_size, num_workers)
+    predictor = Predictor(model)
+    logits, looks_like_xray = site_logits(predictor, paths, batch_size, num_workers)
 
     before = {"temperature": float(model.temperature), "threshold": model.threshold}
     temperature, threshold = fit_operating_point(logits, labels, strategy)
-    scores_before = model.predictor.probabilities(logits)[:, 1].numpy()
+    scores_before = predictor.probabilities(logits)[:, 1].numpy()
     scores_after, thresholds_after = cross_fitted(logits, labels, [patient_id(p.name) for p in paths], strategy, seed)
     report = {
         "model": model_id, "site_dir": str(site_dir), "threshold_strategy": strategy,
-        "site_images": {name: int((labels == i).sum()) for i, name in enumerate(CLASS_NAMES)},
+        "site_images": {name: int((labels == i).sum()) for i, name in enumerate(LABELS)},
         "site_images_flagged_not_xray": int((~looks_like_xray).sum()),
         "changed": {"temperature": [before["temperature"], temperature], "threshold": [before["threshold"], threshold]},
         "unchanged": "all weights, the preprocessing and the not-an-X-ray guard",
@@ -169,7 +172,7 @@ def summary(report: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="outputs", help="A training run folder, its best/, or a Hub repo id.")
+    add_model_argument(parser, default="outputs", run_folder=True)
     parser.add_argument("--data_dir", required=True, help="The site's folder with labelled NORMAL/ and PNEUMONIA/.")
     parser.add_argument("--output_dir", required=True, help="Where the recalibrated run folder is written.")
     parser.add_argument("--threshold_strategy", default="youden",

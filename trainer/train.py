@@ -21,6 +21,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from serving.labels import LABELS
+
 from .calibration import fit_operating_point
 from .checkpointing import (
     StopOnSignal,
@@ -33,7 +35,7 @@ from .checkpointing import (
     use_lean_states,
 )
 from .config import TrainingConfig, parse_config
-from .data import CLASS_NAMES, load_chest_xray, make_loader, split_by_patient, split_manifest, train_transform
+from .data import load_chest_xray, make_loader, split_by_patient, split_manifest, train_transform
 from .evaluation import evaluate_on_test, head_logits, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, Extractor, cached_features, resolve_engine
@@ -48,7 +50,7 @@ logger = get_logger(__name__)
 
 def class_weighted_loss(train_labels: list[int]) -> torch.nn.CrossEntropyLoss:
     """Cross-entropy weighted by inverse class frequency of the training split ("balanced")."""
-    weights = compute_class_weight("balanced", classes=np.arange(len(CLASS_NAMES)), y=np.array(train_labels))
+    weights = compute_class_weight("balanced", classes=np.arange(len(LABELS)), y=np.array(train_labels))
     return torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
 
 

@@ -4,14 +4,20 @@
     classify = pipeline("image-classification", model="NAME/REPO", trust_remote_code=True)
     classify("chest_xray.jpeg")
     # [{'label': DECISION, 'score': ..., 'probability': ...}, {'label': OTHER, ...}]
+    classify("photo_of_a_cat.jpeg")
+    # [{'label': 'NOT_A_CHEST_XRAY', 'score': 1.0, 'guard_distance': ..., 'guard_limit': ...}]
 
 The weights are the same `model.safetensors` that the project's `PneumoniaClassifier` saves: a timm
 backbone with frozen BatchNorm (`backbone.*`), an MLP head (`head.*`), the temperature and the decision
-threshold fitted on validation. Preprocessing is timm's (`PneumoniaImageProcessor`: transformers'
-`TimmWrapperImageProcessor`, from `pretrained_cfg` in config.json). The pipeline (config.json's
-`custom_pipelines`) puts the model's decision first, as the project's app and CLI show it. Research demo, not for
-clinical use.
+threshold fitted on validation, and the not-an-X-ray guard (the mean, precision and limit of the backbone's
+activation statistics on the training X-rays): an image whose statistics lie beyond the limit gets the answer
+NOT_A_CHEST_XRAY instead of a class, as everywhere else in the project. Preprocessing is timm's
+(`PneumoniaImageProcessor`: transformers' `TimmWrapperImageProcessor`, from `pretrained_cfg` in config.json).
+The pipeline (config.json's `custom_pipelines`) puts the model's answer first, as the project's app and CLI show
+it. Research demo, not for clinical use.
 """
+
+from dataclasses import dataclass
 
 import timm
 import torch
@@ -19,13 +25,35 @@ from torch import nn
 from transformers import ImageClassificationPipeline, PretrainedConfig, PreTrainedModel, TimmWrapperImageProcessor
 from transformers.modeling_outputs import ImageClassifierOutput
 
+# Copies of the project's definitions (serving/labels.py, serving/guard.py): this file runs without the project.
+LABELS = ("NORMAL", "PNEUMONIA")
 POSITIVE = "PNEUMONIA"  # the class the decision threshold is set on
+NOT_A_CHEST_XRAY = "NOT_A_CHEST_XRAY"  # the answer for an image the guard refuses
+GUARD_STAGES = 4
+
+
+def stage_statistics(stages: list[torch.Tensor]) -> torch.Tensor:
+    """(N, 2 * channels): per-channel spatial mean and standard deviation of each stage's activations."""
+    return torch.cat([s.mean(dim=(2, 3)) for s in stages] + [s.std(dim=(2, 3)) for s in stages], dim=1)
+
+
+def mahalanobis(features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Distance of each row of `features` (N, D) from the fitted distribution, in float64."""
+    centred = features.double() - mean.double()
+    return torch.einsum("nd,de,ne->n", centred, precision.double(), centred).clamp_min(0).sqrt()
+
+
+@dataclass
+class PneumoniaClassifierOutput(ImageClassifierOutput):
+    """Calibrated logits and each image's not-an-X-ray guard distance (float64)."""
+
+    guard_distance: torch.Tensor | None = None
 
 
 class PneumoniaConfig(PretrainedConfig):
     model_type = "pneumonia_classifier"
 
-    def __init__(self, model_name="resnet18", head_hidden_dim=256, dropout=0.5, labels=("NORMAL", "PNEUMONIA"),
+    def __init__(self, model_name="resnet18", head_hidden_dim=256, dropout=0.5, labels=LABELS,
                  num_features=512, **kwargs):
         kwargs.setdefault("id2label", dict(enumerate(labels)))
         kwargs.setdefault("label2id", {label: i for i, label in enumerate(labels)})
@@ -60,8 +88,8 @@ class PneumoniaForImageClassification(PreTrainedModel):
         # Calibration (logits are divided by it) and the decision threshold, fitted on validation.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("decision_threshold", torch.tensor(0.5))
-        # The app's not-an-X-ray guard lives in the same weights; unused here.
-        statistics = 2 * sum(info["num_chs"] for info in self.backbone.feature_info[-4:])
+        # The not-an-X-ray guard, fitted after training (inf: a model saved before fitting accepts every image).
+        statistics = 2 * sum(info["num_chs"] for info in self.backbone.feature_info[-GUARD_STAGES:])
         self.register_buffer("guard_mean", torch.zeros(statistics))
         self.register_buffer("guard_precision", torch.zeros(statistics, statistics, dtype=torch.float64))
         self.register_buffer("guard_threshold", torch.tensor(float("inf")))
@@ -71,22 +99,28 @@ class PneumoniaForImageClassification(PreTrainedModel):
         pass  # every weight comes from the checkpoint
 
     def forward(self, pixel_values, labels=None, **kwargs):
-        """Calibrated logits: softmax gives the calibrated probabilities."""
-        logits = self.head(self.backbone(pixel_values)) / self.temperature
+        """Calibrated logits (softmax gives the calibrated probabilities) and the guard's distance of each image."""
+        final, stages = self.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
+        logits = self.head(self.backbone.forward_head(final)) / self.temperature
+        distance = mahalanobis(stage_statistics(stages), self.guard_mean, self.guard_precision)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits)
+        return PneumoniaClassifierOutput(loss=loss, logits=logits, guard_distance=distance)
 
 
 class PneumoniaClassificationPipeline(ImageClassificationPipeline):
-    """image-classification that answers with the model's decision at its threshold first.
+    """image-classification that answers with the model's decision at its threshold first, or that the image is not
+    a chest X-ray: then the one entry {"label": "NOT_A_CHEST_XRAY", "score": 1.0, "guard_distance", "guard_limit"}.
 
-    Each entry is {"label", "score", "probability"}. `probability` is the calibrated probability of the
+    Otherwise each entry is {"label", "score", "probability"}. `probability` is the calibrated probability of the
     label. `score` is the PNEUMONIA probability re-centred on the decision threshold t,
     sigmoid(logit(p) - logit(t)) (one minus that for NORMAL): 0.5 exactly at the threshold, so the
     decided label scores highest and comes first, as the project's app and CLI decide.
     """
 
     def postprocess(self, model_outputs, top_k=None, **kwargs):
+        distance, limit = model_outputs["guard_distance"][0].item(), self.model.guard_threshold.item()
+        if not distance <= limit:
+            return [{"label": NOT_A_CHEST_XRAY, "score": 1.0, "guard_distance": distance, "guard_limit": limit}]
         logits = model_outputs["logits"][0].float()  # calibrated: already divided by the temperature
         labels = [self.model.config.id2label[i] for i in range(len(logits))]
         positive = labels.index(POSITIVE)

@@ -1,0 +1,52 @@
+"""What the Space answers for one upload, without any Gradio: the upload decoded once, the model's answer, the
+sentence shown with it and the radiograph to draw the Grad-CAM map on. app.py wires it into the page."""
+
+from pathlib import Path
+
+from PIL import Image
+
+from .images import read_image
+from .labels import LABELS, NOT_AN_XRAY_HEADLINE, POSITIVE, not_an_xray_sentence
+from .predictor import Prediction, Predictor
+
+DISPLAY_SIZE = (1024, 1024)  # radiographs are shown, and overlaid, at most this large, at their own aspect ratio
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "chest_xray" / "test"
+DISCLAIMER = ("**Research demo, not for clinical use.** Trained on pediatric chest X-rays from one hospital; "
+              "it is not a medical device and must not be used to diagnose, treat or triage anyone.")
+
+
+def example_files(per_class: int = 4) -> list[str]:
+    """A few real X-rays from the bundled sample, for one-click examples."""
+    return [str(p) for name in LABELS for p in sorted((EXAMPLES_DIR / name).glob("*.jpeg"))[:per_class]]
+
+
+def radiograph(path: str | Path | None) -> Image.Image:
+    """The upload as a person should see it (DICOM through its window), at its own aspect ratio, at most
+    DISPLAY_SIZE; InputImageError if it cannot be read."""
+    image = read_image(path, DISPLAY_SIZE)
+    image.thumbnail(DISPLAY_SIZE)
+    return image
+
+
+def decision_text(prediction: Prediction) -> str:
+    """The Space's sentence for an answer: the decision with P(PNEUMONIA) and the threshold, or why there is none."""
+    if not prediction.looks_like_xray:
+        return not_an_xray_sentence(prediction.guard_distance, prediction.guard_limit, f"**{NOT_AN_XRAY_HEADLINE}**")
+    return (f"**Model output: {prediction.decision}** (P({POSITIVE}) = {prediction.probabilities[POSITIVE]:.3f}, "
+            f"decision threshold {prediction.threshold:.2f}). Research demo, not for clinical use.")
+
+
+def diagnose(predictor: Predictor, path: str | Path | None) -> tuple[Prediction | None, str, Image.Image | None]:
+    """(prediction with its Grad-CAM map, decision text, the radiograph to draw the map on) for an upload, decoded
+    once; (None, why, None) for an image that does not look like a chest X-ray. InputImageError for unusable files.
+
+    The model sees the whole decoded image squashed to its input size, so the map covers all of the radiograph. A
+    PNG, a DICOM or a JPEG under twice the model's input decodes exactly as every other entry point reads it; a
+    larger JPEG is decoded at reduced scale for the display size, not the model's (benchmarks/serving_cost.py).
+    """
+    image = read_image(path, DISPLAY_SIZE)
+    prediction = predictor.analyse(image, heatmap=True)
+    if not prediction.looks_like_xray:
+        return None, decision_text(prediction), None
+    image.thumbnail(DISPLAY_SIZE)
+    return prediction, decision_text(prediction), image
