@@ -29,6 +29,20 @@ def image_files(folder: Path, suffixes: tuple[str, ...] = ACCEPTED_SUFFIXES) -> 
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
+def decodes_alike(path: str | Path, size: tuple[int, int], other_size: tuple[int, int]) -> bool:
+    """Whether `read_image(path, size)` and `read_image(path, other_size)` decode the same pixels: always, except for
+    a JPEG large enough for Pillow's draft mode to pick a different reduced scale for the two sizes. Reads the
+    header only (no pixels); anything Pillow cannot open (DICOM, broken files) has no draft mode."""
+    def decoded_size(requested: tuple[int, int]) -> tuple[int, int]:
+        with Image.open(path) as image:
+            return draft(image, requested).size  # draft() only sets the scale: nothing is decoded
+
+    try:
+        return decoded_size(size) == decoded_size(other_size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return True
+
+
 def is_dicom(path: Path) -> bool:
     """DICOM files carry "DICM" after a 128-byte preamble (or at least a DICOM suffix)."""
     with open(path, "rb") as file:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .images import read_image
+from .images import decodes_alike, read_image
 from .labels import LABELS, NOT_AN_XRAY_HEADLINE, POSITIVE, not_an_xray_sentence
 from .predictor import Prediction, Predictor
 
@@ -37,16 +37,18 @@ def decision_text(prediction: Prediction) -> str:
 
 
 def diagnose(predictor: Predictor, path: str | Path | None) -> tuple[Prediction | None, str, Image.Image | None]:
-    """(prediction with its Grad-CAM map, decision text, the radiograph to draw the map on) for an upload, decoded
-    once; (None, why, None) for an image that does not look like a chest X-ray. InputImageError for unusable files.
+    """(prediction with its Grad-CAM map, decision text, the radiograph to draw the map on) for an upload;
+    (None, why, None) for an image that does not look like a chest X-ray. InputImageError for unusable files.
 
-    The model sees the whole decoded image squashed to its input size, so the map covers all of the radiograph. A
-    PNG, a DICOM or a JPEG under twice the model's input decodes exactly as every other entry point reads it; a
-    larger JPEG is decoded at reduced scale for the display size, not the model's (benchmarks/serving_cost.py).
+    The upload is decoded once, for display, and the model sees that same image unless it is a JPEG large enough
+    to be decoded at a coarser scale for the model's input (Pillow's draft mode): then that coarse decode (~5 ms)
+    is made too, so that the answer is exactly the one every other entry point gives (benchmarks/serving_cost.py).
+    The model sees the whole image squashed to its input size, so the map covers all of the radiograph.
     """
-    image = read_image(path, DISPLAY_SIZE)
-    prediction = predictor.analyse(image, heatmap=True)
+    shown = read_image(path, DISPLAY_SIZE)
+    alike = decodes_alike(path, DISPLAY_SIZE, predictor.model.input_size)
+    prediction = predictor.analyse(shown if alike else predictor.read(path), heatmap=True)
     if not prediction.looks_like_xray:
         return None, decision_text(prediction), None
-    image.thumbnail(DISPLAY_SIZE)
-    return prediction, decision_text(prediction), image
+    shown.thumbnail(DISPLAY_SIZE)
+    return prediction, decision_text(prediction), shown

@@ -16,8 +16,9 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from serving import InputImageError, NotAChestXray, PneumoniaClassifier, Predictor, read_image
+from serving import InputImageError, NotAChestXray, PneumoniaClassifier, Predictor, images, read_image
 from serving.heatmap import grad_cam, upsample
+from serving.upload import diagnose
 from tests.app_inputs import bad_uploads, dicom_variants, non_xray_files
 from tests.conftest import REPO_ROOT, SAMPLE_DIR, data_url, mcp_session, pipeline_answers, sample_images
 from trainer.model import model_for_training
@@ -154,6 +155,28 @@ def test_predict_reads_the_dicom_variants_the_app_reads(served_model, served_pre
         rendered = np.asarray(served_predictor.read(path).convert("L"), dtype=int)
         assert np.abs(rendered - np.asarray(source, dtype=int)).max() <= 1, name  # the same radiograph, +-1 grey level
         assert served_model.predict(path) == pytest.approx(expected, abs=5e-3), name  # see test_app's DICOM test
+
+
+def test_the_space_decodes_an_upload_once_and_answers_exactly_as_every_entry_point(untrained_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """One decode per Space request, except a JPEG large enough to be drafted coarser for the model than for the
+    display (one extra decode at 1/8 scale); the answer always equals the CLI's and PneumoniaClassifier's."""
+    predictor = Predictor(PneumoniaClassifier.from_pretrained(untrained_model_dir), engine="eager")
+    source = Image.open(sample_images("test", "PNEUMONIA", 1)[0]).convert("L")
+    source.resize((1800, 1500), Image.BICUBIC).save(tmp_path / "large.jpeg", quality=90)
+    source.resize((1800, 1500), Image.BICUBIC).save(tmp_path / "large.png")
+    uploads = {"sample JPEG": (sample_images("test", "PNEUMONIA", 1)[0], 1), "large PNG": (tmp_path / "large.png", 1),
+               "DICOM": (dicom_variants(tmp_path)["mono1_12bit"], 1), "large JPEG": (tmp_path / "large.jpeg", 2)}
+    decodes = []
+    for reader in ("bitmap_to_image", "dicom_to_image"):
+        real = getattr(images, reader)
+        monkeypatch.setattr(images, reader, lambda *args, real=real: decodes.append(args[0]) or real(*args))
+    for name, (path, expected_decodes) in uploads.items():
+        decodes.clear()
+        prediction, _, shown = diagnose(predictor, path)
+        assert len(decodes) == expected_decodes, name
+        assert prediction.probabilities == predictor.analyse(path).probabilities, name  # exactly, not approximately
+        assert max(shown.size) == min(1024, max(Image.open(path).size) if path.suffix != ".dcm" else 224), name
 
 
 def test_predict_refuses_unusable_files_with_the_apps_messages(untrained_model_dir, tmp_path):
