@@ -3,14 +3,16 @@ the same columns in both. A file that cannot be read gets its error in its row; 
 
 import csv
 import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from .images import ACCEPTED_SUFFIXES, InputImageError, image_files
+from .images import ACCEPTED_SUFFIXES, DICOM_IDENTIFIERS, InputImageError, dicom_identifiers, frontal_view
 from .predictor import Prediction, Predictor
 
 MAX_FILES = 500  # per screening request in the Space
@@ -20,19 +22,10 @@ UNPACKABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfi
 
 
 def csv_columns(labels: list[str], heatmaps: bool = False) -> list[str]:
-    """The results' columns: `prediction` is the answer (a class, or NOT_A_CHEST_XRAY), then P of each class."""
-    return ["path", "prediction", *labels, "looks_like_chest_xray", "guard_distance", "error", *["heatmap"] * heatmaps]
-
-
-def image_paths(inputs: list[str]) -> list[Path]:
-    """The files named, and every image file under the folders named, in a stable order; InputImageError
-    naming a path that does not exist (a typo should stop the run, not become a CSV row)."""
-    paths = []
-    for name in map(Path, inputs):
-        if not name.exists():
-            raise InputImageError(f"No such file or folder: {name}. Check the path.")
-        paths += image_files(name) if name.is_dir() else [name]
-    return paths
+    """The results' columns: `prediction` is the answer (a class, or NOT_A_CHEST_XRAY), then P of each class; for
+    DICOM files their archive identifiers and whether the view is frontal (empty for other files)."""
+    return ["path", "prediction", *labels, "looks_like_chest_xray", "guard_distance", "error", *DICOM_IDENTIFIERS,
+            "frontal_view", *["heatmap"] * heatmaps]
 
 
 def unzip_images(archive: Path, folder: Path) -> list[tuple[str, Path]]:
@@ -78,59 +71,88 @@ def screening_files(uploads: list[str], folder: Path) -> list[tuple[str, Path]]:
     return files
 
 
-class ImageFiles(Dataset):
-    """(index, pixel tensor or None, image as the model sees it or None, error) per path; decoding runs in workers."""
+class ImageStream(IterableDataset):
+    """An Item per (index, path) of `files` (any re-iterable, e.g. a list or a walk of an archive), read lazily and
+    split between DataLoader workers."""
 
-    def __init__(self, paths: list[Path], predictor: Predictor, keep_images: bool):
-        self.paths, self.predictor, self.keep_images = paths, predictor, keep_images
+    def __init__(self, files: Iterable[tuple[int, Path]], predictor: Predictor, keep_images: bool):
+        self.files, self.predictor, self.keep_images = files, predictor, keep_images
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __iter__(self) -> Iterator["Item"]:
+        worker = get_worker_info()
+        for position, (index, path) in enumerate(self.files):
+            if worker is None or position % worker.num_workers == worker.id:
+                yield self.load(index, Path(path))
 
-    def __getitem__(self, index: int):
+    def load(self, index: int, path: Path) -> "Item":
         model = self.predictor.model
+        identifiers = dicom_identifiers(path)
         try:
-            image = self.predictor.read(self.paths[index])
+            image = self.predictor.read(path)
         except InputImageError as error:
-            return index, None, None, str(error)
+            return Item(index, path, identifiers, error=str(error))
         shown = image.resize(model.input_size, Image.BILINEAR) if self.keep_images else None
-        return index, model.transform(image), shown, ""
+        return Item(index, path, identifiers, model.transform(image), shown)
 
 
-def collate(rows):
-    readable = [row for row in rows if row[1] is not None]
-    pixels = torch.stack([row[1] for row in readable]) if readable else None
-    return [row[0] for row in readable], pixels, [row[2] for row in readable], [(row[0], row[3]) for row in rows
-                                                                               if row[1] is None]
+@dataclass
+class Item:
+    """One file as a DataLoader worker read it: its pixels for the model, or the reason it could not be read."""
+
+    index: int  # the file's number in the run (names its heatmap)
+    path: Path
+    identifiers: dict[str, str]  # DICOM archive identifiers, {} for other files
+    pixels: torch.Tensor | None = None
+    shown: Image.Image | None = None  # the image as the model sees it, for heatmaps
+    error: str = ""
 
 
-def prediction_row(path: Path, prediction: Prediction) -> dict:
+def collate(items: list[Item]) -> tuple[list[Item], torch.Tensor | None, list[Item]]:
+    """(readable items, their stacked pixels or None, unreadable items)."""
+    readable = [item for item in items if item.pixels is not None]
+    pixels = torch.stack([item.pixels for item in readable]) if readable else None
+    return readable, pixels, [item for item in items if item.pixels is None]
+
+
+def dicom_columns(identifiers: dict[str, str]) -> dict[str, str]:
+    return {**identifiers, "frontal_view": frontal_view(identifiers)} if identifiers else {}
+
+
+def prediction_row(item: Item, prediction: Prediction) -> dict:
     """An image the guard refuses gets NOT_A_CHEST_XRAY and no probabilities, as the Space gives it no diagnosis."""
     probabilities = prediction.probabilities if prediction.looks_like_xray else {}
-    return {"path": str(path), "prediction": prediction.decision, **probabilities,
+    return {"path": str(item.path), "prediction": prediction.decision, **probabilities,
             "looks_like_chest_xray": prediction.looks_like_xray, "guard_distance": round(prediction.guard_distance, 3),
-            "error": ""}
+            "error": "", **dicom_columns(item.identifiers)}
+
+
+def predict_stream(predictor: Predictor, files: Iterable[tuple[int, Path]], batch_size: int, num_workers: int,
+                   heatmap_dir: Path | None = None) -> Iterator[list[tuple[int, dict]]]:
+    """(index, result row) of each (index, path) of `files`, a batch at a time as they are made (in no fixed order
+    across DataLoader workers): probabilities and decision, or the reason the file could not be read. With
+    `heatmap_dir`, each chest X-ray's Grad-CAM overlay is written there (column `heatmap`)."""
+    loader = DataLoader(ImageStream(files, predictor, keep_images=heatmap_dir is not None), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate)
+    for readable, pixels, unreadable in tqdm(loader, desc="predict", unit="batch"):
+        rows = [(item.index, {"path": str(item.path), "prediction": "", "error": item.error,
+                              **dicom_columns(item.identifiers)}) for item in unreadable]
+        predictions = predictor.predict(pixels, heatmaps=bool(heatmap_dir)) if pixels is not None else []
+        for item, prediction in zip(readable, predictions):
+            row = prediction_row(item, prediction)
+            if heatmap_dir and prediction.heatmap is not None:
+                row["heatmap"] = str(heatmap_dir / f"{item.index:05d}_{item.path.stem}.png")
+                prediction.overlay(item.shown).save(row["heatmap"])
+            rows.append((item.index, row))
+        yield rows
 
 
 def predict_files(predictor: Predictor, paths: list[Path], batch_size: int, num_workers: int,
                   heatmap_dir: Path | None = None) -> list[dict]:
-    """One result per path, in order: probabilities and decision, or the reason it could not be read.
-
-    With `heatmap_dir`, each predicted image's Grad-CAM overlay is written there (column `heatmap`).
-    """
+    """One result row per path, in order (`predict_stream` collected)."""
     results = [None] * len(paths)
-    loader = DataLoader(ImageFiles(paths, predictor, keep_images=heatmap_dir is not None), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate)
-    for indices, pixels, images, failures in tqdm(loader, desc="predict", unit="batch"):
-        if pixels is not None:
-            for index, image, prediction in zip(indices, images, predictor.predict(pixels, heatmaps=bool(heatmap_dir))):
-                results[index] = prediction_row(paths[index], prediction)
-                if heatmap_dir and prediction.heatmap is not None:
-                    heatmap = heatmap_dir / f"{index:05d}_{paths[index].stem}.png"
-                    prediction.overlay(image).save(heatmap)
-                    results[index]["heatmap"] = str(heatmap)
-        for index, message in failures:
-            results[index] = {"path": str(paths[index]), "prediction": "", "error": message}
+    for rows in predict_stream(predictor, list(enumerate(paths)), batch_size, num_workers, heatmap_dir):
+        for index, row in rows:
+            results[index] = row
     return results
 
 

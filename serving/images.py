@@ -1,7 +1,9 @@
 """The one image reader of every entry point (app, CLI, `PneumoniaClassifier.predict`): JPEG, PNG and other
 bitmaps of any mode, or DICOM, into an RGB image; anything else gets an InputImageError saying what is wrong."""
 
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +20,16 @@ ACCEPTED_SUFFIXES = BITMAP_SUFFIXES + DICOM_SUFFIXES
 MAX_PIXELS = 50_000_000  # about 7,000 x 7,000: above any radiograph, below a decompression bomb
 MIN_SIDE = 32
 ACCEPTED = "a chest X-ray image (JPEG, PNG or DICOM)"
+# The only DICOM attributes any entry point reports: where the image sits in the archive, and its view. Nothing that
+# identifies the patient (name, birth date, IDs...) is read into a result.
+DICOM_IDENTIFIERS = {"study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID",
+                     "instance_uid": "SOPInstanceUID", "view_position": "ViewPosition"}
+FRONTAL_VIEWS = {"PA", "AP"}  # DICOM ViewPosition of the views the model was trained on
+LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LATERAL", "LAT"}
 
 
 class InputImageError(ValueError):
     """A file that cannot be used as an X-ray; the message says why, for the person who gave it."""
-
-
-def image_files(folder: Path, suffixes: tuple[str, ...] = ACCEPTED_SUFFIXES) -> list[Path]:
-    """Every file under `folder` (recursively) whose suffix is one of `suffixes`, in sorted order."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
 def decodes_alike(path: str | Path, size: tuple[int, int], other_size: tuple[int, int]) -> bool:
@@ -43,10 +46,64 @@ def decodes_alike(path: str | Path, size: tuple[int, int], other_size: tuple[int
         return True
 
 
-def is_dicom(path: Path) -> bool:
-    """DICOM files carry "DICM" after a 128-byte preamble (or at least a DICOM suffix)."""
+def has_dicom_preamble(path: Path) -> bool:
+    """DICOM files carry "DICM" after a 128-byte preamble, whatever their name (PACS exports often have no suffix)."""
     with open(path, "rb") as file:
-        return file.read(132)[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES
+        return file.read(132)[128:132] == b"DICM"
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM preamble, or at least a DICOM suffix."""
+    return path.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path)
+
+
+def is_image_file(path: Path) -> bool:
+    """What a folder walk reads: a file with an image suffix, or a DICOM without one (by its preamble)."""
+    return path.suffix.lower() in ACCEPTED_SUFFIXES or has_dicom_preamble(path)
+
+
+class ArchiveWalk:
+    """The files named and everything under the folders named, in a stable order (each folder's files sorted, then
+    its sub-folders), as (path, is an image file); walked afresh on each iteration, so that an archive of any size is
+    streamed, never listed in memory. InputImageError naming a path that does not exist (a typo should stop the run,
+    not become a CSV row)."""
+
+    def __init__(self, inputs: list[str]):
+        self.inputs = [Path(name) for name in inputs]
+        if missing := [str(name) for name in self.inputs if not name.exists()]:
+            raise InputImageError(f"No such file or folder: {', '.join(missing)}. Check the path.")
+
+    def __iter__(self) -> Iterator[tuple[Path, bool]]:
+        for name in self.inputs:
+            if not name.is_dir():
+                yield name, True
+                continue
+            for folder, subfolders, files in os.walk(name):
+                subfolders.sort()
+                for file in sorted(files):
+                    yield Path(folder) / file, is_image_file(Path(folder) / file)
+
+    def images(self) -> Iterator[Path]:
+        return (path for path, is_image in self if is_image)
+
+
+def dicom_identifiers(path: str | Path) -> dict[str, str]:
+    """The archive identifiers of a DICOM file (DICOM_IDENTIFIERS; empty where a tag is missing), read without its
+    pixels; {} for a file that is not DICOM."""
+    path = Path(path)
+    if not (path.is_file() and is_dicom(path)):
+        return {}
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(DICOM_IDENTIFIERS.values()))
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        return {}
+    return {column: str(dataset.get(tag, "") or "") for column, tag in DICOM_IDENTIFIERS.items()}
+
+
+def frontal_view(identifiers: dict[str, str]) -> str:
+    """"True" for a PA/AP view, "False" for a lateral one (not what the model was trained on), "" when unknown."""
+    view = identifiers.get("view_position", "").strip().upper()
+    return "True" if view in FRONTAL_VIEWS else "False" if view in LATERAL_VIEWS else ""
 
 
 def dicom_to_image(path: Path) -> Image.Image:

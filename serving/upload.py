@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .images import decodes_alike, read_image
+from .images import decodes_alike, dicom_identifiers, frontal_view, read_image
 from .labels import LABELS, NOT_AN_XRAY_HEADLINE, POSITIVE, not_an_xray_sentence
 from .predictor import Prediction, Predictor
 
@@ -48,7 +48,16 @@ def diagnose(predictor: Predictor, path: str | Path | None) -> tuple[Prediction 
     shown = read_image(path, DISPLAY_SIZE)
     alike = decodes_alike(path, DISPLAY_SIZE, predictor.model.input_size)
     prediction = predictor.analyse(shown if alike else predictor.read(path), heatmap=True)
+    text = decision_text(prediction) + view_warning(dicom_identifiers(path))
     if not prediction.looks_like_xray:
-        return None, decision_text(prediction), None
+        return None, text, None
     shown.thumbnail(DISPLAY_SIZE)
-    return prediction, decision_text(prediction), shown
+    return prediction, text, shown
+
+
+def view_warning(identifiers: dict[str, str]) -> str:
+    """For a DICOM whose ViewPosition is lateral: that the model only knows frontal views (the decision stands)."""
+    if frontal_view(identifiers) != "False":
+        return ""
+    return (f" **Lateral view** (DICOM ViewPosition {identifiers['view_position']}): the model was trained on frontal "
+            "(PA/AP) radiographs only, so this answer is outside what it was trained for.")

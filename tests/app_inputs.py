@@ -21,8 +21,8 @@ def grey_xray() -> np.ndarray:
 
 
 def write_dicom(path: Path, stored: np.ndarray | None, photometric: str = "MONOCHROME2", bits_stored: int = 8,
-                window: tuple[float, float] | None = None) -> Path:
-    """A minimal DX DICOM file; `stored=None` leaves out the pixel data."""
+                window: tuple[float, float] | None = None, **attributes) -> Path:
+    """A minimal DX DICOM file; `stored=None` leaves out the pixel data; `attributes` adds tags (ViewPosition...)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -31,6 +31,8 @@ def write_dicom(path: Path, stored: np.ndarray | None, photometric: str = "MONOC
     dataset.file_meta = meta
     dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     dataset.Modality = "DX"
+    for keyword, value in attributes.items():
+        setattr(dataset, keyword, value)
     if stored is not None:
         dataset.set_pixel_data(stored, photometric_interpretation=photometric, bits_stored=bits_stored)
     if window is not None:

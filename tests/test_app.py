@@ -144,7 +144,8 @@ def test_screening_files_and_a_zip_gives_a_row_per_image_with_the_columns_of_tra
     with open(csv_file, newline="") as file:
         rows = list(csv.DictReader(file))
     assert table["headers"] == list(rows[0]) == ["path", "prediction", *served_model.labels, "looks_like_chest_xray",
-                                                 "guard_distance", "error"]
+                                                 "guard_distance", "error", "study_uid", "series_uid", "instance_uid",
+                                                 "view_position", "frontal_view"]
     assert [row["path"] for row in rows] == [normal.name, corrupt.name] + [f"studies.zip/ward/{p.name}" for p in pneumonia]
     assert [row[0] for row in table["data"]] == [row["path"] for row in rows]
     assert "damaged or incomplete" in rows[1]["error"] and rows[1]["prediction"] == ""

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from serving.images import BITMAP_SUFFIXES, image_files
+from serving.images import BITMAP_SUFFIXES, ArchiveWalk
 from serving.labels import LABELS
 from serving.preprocessing import eval_transform
 
@@ -44,8 +44,8 @@ def patient_id(file_name: str) -> str:
 
 
 def class_images(class_dir: Path) -> list[Path]:
-    """The images of one class folder that the imagefolder loader reads (bitmaps: JPEG, PNG...), sorted."""
-    return image_files(class_dir, BITMAP_SUFFIXES)
+    """The images of one class folder that the imagefolder loader reads (bitmaps: JPEG, PNG...), in walk order."""
+    return [path for path in ArchiveWalk([class_dir]).images() if path.suffix.lower() in BITMAP_SUFFIXES]
 
 
 def check_layout(data_dir: Path) -> None:

@@ -1,53 +1,162 @@
-"""Batch prediction: stream image files through batched inference and write one CSV row per file.
+"""Batch prediction: stream an archive's image files through batched inference into one CSV row per file.
 
     python -m trainer.predict --model outputs/best PATHS... --output preds.csv [--heatmaps DIR]
+    accelerate launch -m trainer.predict --model outputs/best PATHS... --output preds.csv    # every process, GPU, node
 
-PATHS are image files or folders (searched recursively for JPEG, PNG, DICOM and other image files). Every
-file is read, predicted and decided exactly as the app does (serving/predictor.py, serving/batch.py). A file that cannot
-be read gets its error in the CSV instead of stopping the run; an image that does not look like a chest
-X-ray (the model's guard) is answered NOT_A_CHEST_XRAY in `prediction`, without probabilities, and flagged in
-`looks_like_chest_xray`. With --heatmaps, one PNG per chest X-ray: the Grad-CAM map of the decision over the
-image as the model sees it. Inference runs through ONNX Runtime
-(serving/runtime.py) unless --eager. Research demo, not for clinical use.
+PATHS are image files or folders, searched recursively (as PACS exports nest them: study/series/instance) for JPEG,
+PNG and other image files, and for DICOM files with or without a suffix (by their `DICM` preamble); other files are
+skipped, counted and named in the summary. Every file is read, predicted and decided exactly as the Space does
+(serving/predictor.py, serving/batch.py): a file that cannot be read gets its error in its row; an image that does
+not look like a chest X-ray is answered NOT_A_CHEST_XRAY in `prediction`, without probabilities, and flagged in
+`looks_like_chest_xray`. DICOM rows add the study / series / instance UIDs and the view position, with
+`frontal_view = False` for a lateral view (the model was trained on frontal views; its decision is unchanged); no
+other DICOM attribute (nothing identifying the patient) is read into the CSV.
+
+Under `accelerate launch` each process takes every N-th file and decodes in its DataLoader workers; the output is one
+CSV with exactly the rows, in the same order, that one process writes. Rows are flushed as they are made, and the
+output CSV is the record of what is done: the same command run again after an interruption (Ctrl-C, SIGTERM, a lost
+node) predicts only the missing files, keeps the rows already there as they are, and ends with every row exactly
+once; --overwrite starts afresh. With --heatmaps, one PNG per chest X-ray: the Grad-CAM map of the decision over the
+image as the model sees it. Inference runs through ONNX Runtime on a CPU (serving/runtime.py) unless --eager.
+Research demo, not for clinical use.
 """
 
 import argparse
+import csv
+import io
+import logging
 import sys
 from pathlib import Path
 
-from serving.batch import image_paths, predict_files, write_csv
-from serving.images import InputImageError
+from accelerate import Accelerator
+
+from serving.batch import csv_columns, predict_stream
+from serving.images import ArchiveWalk, InputImageError
 from serving.labels import NOT_A_CHEST_XRAY
 from serving.model import ModelNotFound, add_model_argument, load_model
 from serving.predictor import Predictor
 
+from .threads import use_available_cores
+
+SKIPPED_SHOWN = 10  # skipped files named in the summary; the rest are counted
+
+
+def part_file(output: Path, process: int) -> Path:
+    """Where one process appends its rows until the run ends (beside the output, hidden)."""
+    return output.with_name(f".{output.name}.part{process}")
+
+
+def written_whole(path: Path) -> str:
+    """A CSV file up to its last line end: a row cut short by an interruption is dropped ("" for no file)."""
+    if not path.is_file():
+        return ""
+    with open(path, newline="") as file:
+        text = file.read()
+    return text[: text.rfind("\n") + 1]
+
+
+def rows_done(output: Path) -> dict[str, dict]:
+    """{path: row} of the rows already written: the output CSV (as it stands) and every process's part file."""
+    rows = {}
+    for written in [output, *sorted(output.parent.glob(f".{output.name}.part*"))]:
+        rows |= {row["path"]: row for row in csv.DictReader(io.StringIO(written_whole(written)))}
+    return rows
+
+
+class Share:
+    """This process's files: (number in the walk, path) of every N-th image file (N processes) not done yet, streamed
+    from the walk on each iteration, never listed."""
+
+    def __init__(self, walk: ArchiveWalk, done: set[str], process: int, processes: int):
+        self.walk, self.done, self.process, self.processes = walk, done, process, processes
+
+    def __iter__(self):
+        for index, path in enumerate(self.walk.images()):
+            if index % self.processes == self.process and str(path) not in self.done:
+                yield index, path
+
+
+def predict_share(predictor: Predictor, share: Share, output: Path, columns: list[str], args) -> None:
+    """This process's files appended to its part file a batch at a time, flushed as they are made."""
+    part = part_file(output, share.process)
+    new_file = not written_whole(part)
+    with open(part, "w" if new_file else "a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        if new_file:
+            writer.writeheader()
+        for rows in predict_stream(predictor, share, args.batch_size, args.num_workers, args.heatmaps):
+            writer.writerows(row for _, row in rows)
+            file.flush()
+
+
+def merge(output: Path, walk: ArchiveWalk, columns: list[str]) -> tuple[list[dict], list[Path]]:
+    """One CSV in walk order from the output as it stood and the part files (written whole, then renamed over the
+    output; the part files removed after); returns its rows and the files skipped as not images."""
+    done, rows, skipped = rows_done(output), [], []
+    for path, is_image in walk:
+        if not is_image:
+            skipped.append(path)
+        elif str(path) in done:
+            rows.append(done[str(path)])
+    partial = output.with_name(f".{output.name}.merging")
+    with open(partial, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(output)
+    for part in output.parent.glob(f".{output.name}.part*"):
+        part.unlink()
+    return rows, skipped
+
+
+def summary(rows: list[dict], skipped: list[Path], output: Path, threshold: float) -> str:
+    failed = sum(bool(row["error"]) for row in rows)
+    refused = sum(row["prediction"] == NOT_A_CHEST_XRAY for row in rows)
+    named = ", ".join(str(path) for path in skipped[:SKIPPED_SHOWN]) + (" ..." if len(skipped) > SKIPPED_SHOWN else "")
+    return (f"wrote {len(rows)} predictions to {output} (threshold {threshold:.3f}; {failed} unreadable; {refused} not "
+            f"chest X-rays, answered {NOT_A_CHEST_XRAY}); {len(skipped)} files skipped as not images"
+            + (f": {named}" if skipped else ""))
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="Image files or folders.")
+    parser.add_argument("paths", nargs="+", help="Image files or folders (searched recursively).")
     add_model_argument(parser)
-    parser.add_argument("--output", default="predictions.csv", help="CSV file to write.")
+    parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV file to write.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Start afresh instead of completing the rows an earlier run left in --output.")
     parser.add_argument("--heatmaps", type=Path, default=None,
                         help="Folder for one Grad-CAM overlay PNG per image (created); none by default.")
     parser.add_argument("--batch_size", type=int, default=32, help="Images per forward pass.")
-    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes for decoding.")
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes for decoding, per process.")
     parser.add_argument("--eager", action="store_true", help="Predict with eager PyTorch instead of ONNX Runtime.")
     args = parser.parse_args(argv)
 
+    use_available_cores()
+    state = Accelerator()  # as training starts: the processes, devices and nodes `accelerate launch` was given
     try:
-        paths = image_paths(args.paths)
-        predictor = Predictor(load_model(args.model), engine="eager" if args.eager else "onnxruntime")
+        walk = ArchiveWalk(args.paths)
+        model = load_model(args.model).to(state.device)
+        predictor = Predictor(model, engine="eager" if args.eager else "onnxruntime")
     except (InputImageError, ModelNotFound) as error:
         sys.exit(f"error: {error}")
-    if args.heatmaps:
-        args.heatmaps.mkdir(parents=True, exist_ok=True)
-    rows = predict_files(predictor, paths, args.batch_size, args.num_workers, args.heatmaps)
-    write_csv(rows, predictor.model.labels, Path(args.output))
-    failed = sum(bool(row["error"]) for row in rows)
-    refused = sum(row["prediction"] == NOT_A_CHEST_XRAY for row in rows)
-    print(f"wrote {len(rows)} predictions to {args.output} (threshold {predictor.model.threshold:.3f}; "
-          f"{failed} unreadable; {refused} not chest X-rays, answered {NOT_A_CHEST_XRAY})")
+    columns = csv_columns(model.labels, heatmaps=bool(args.heatmaps))
+    if state.is_main_process:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        if args.overwrite:
+            for stale in [args.output, *args.output.parent.glob(f".{args.output.name}.part*")]:
+                stale.unlink(missing_ok=True)
+        if args.heatmaps:
+            args.heatmaps.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    share = Share(walk, set(rows_done(args.output)), state.process_index, state.num_processes)
+    predict_share(predictor, share, args.output, columns, args)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        rows, skipped = merge(args.output, walk, columns)
+        print(summary(rows, skipped, args.output, model.threshold))
 
 
 if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     main()

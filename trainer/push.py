@@ -30,6 +30,8 @@ BEST_FILES = ["model.safetensors", "config.json", "modeling_pneumonia.py"]
 PLOTS = ["confusion_matrix.png", "roc_curve.png", "pr_curve.png", "reliability_diagram.png", "training_curves.png"]
 RUN_FILES = ["all_results.json", *PLOTS, "splits.json", "training_history.json", "training_config.json"]
 RECALIBRATION_FILES = ["recalibration.json", "recalibration_reliability.png"]  # written by trainer.recalibrate
+# An Inference Endpoint of the repo runs handler.py with the repo-root requirements.txt
+ENDPOINT_FILES = [Path(__file__).resolve().parent / "hub_files" / name for name in ("handler.py", "requirements.txt")]
 
 
 class PushError(RuntimeError):
@@ -41,6 +43,7 @@ def upload_operations(output_dir: Path, card: ModelCard) -> list[CommitOperation
     return ([CommitOperationAdd(name, output_dir / "best" / name) for name in BEST_FILES]
             + [CommitOperationAdd(name, output_dir / name) for name in RUN_FILES]
             + [CommitOperationAdd(name, output_dir / name) for name in RECALIBRATION_FILES if (output_dir / name).is_file()]
+            + [CommitOperationAdd(path.name, path) for path in ENDPOINT_FILES]
             + [CommitOperationAdd("README.md", str(card).encode())])
 
 

@@ -23,8 +23,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from serving.batch import ImageFiles, collate, image_paths
-from serving.images import ACCEPTED_SUFFIXES
+from serving.batch import ImageStream, collate
+from serving.images import ACCEPTED_SUFFIXES, ArchiveWalk
 from serving.labels import LABELS
 from serving.model import ModelNotFound, add_model_argument, load_model
 from serving.predictor import Predictor
@@ -57,7 +57,7 @@ def site_images(site_dir: Path) -> tuple[list[Path], np.ndarray]:
                             "For a Kaggle-layout folder pass its test/ (or another labelled) subfolder.")
     paths, labels = [], []
     for label, name in enumerate(LABELS):
-        files = image_paths([str(site_dir / name)])
+        files = list(ArchiveWalk([site_dir / name]).images())
         if len(files) < MIN_IMAGES_PER_CLASS:
             raise SiteDataError(f"{site_dir / name} holds {len(files)} images; recalibration needs at least "
                                 f"{MIN_IMAGES_PER_CLASS} per class ({', '.join(ACCEPTED_SUFFIXES)}).")
@@ -71,15 +71,15 @@ def site_logits(predictor: Predictor, paths: list[Path], batch_size: int,
                 num_workers: int) -> tuple[torch.Tensor, np.ndarray]:
     """Raw logits and not-an-X-ray verdicts of every image; SiteDataError naming every unreadable file."""
     logits, looks_like_xray, failures = [None] * len(paths), [None] * len(paths), []
-    loader = DataLoader(ImageFiles(paths, predictor, keep_images=False), batch_size=batch_size,
+    loader = DataLoader(ImageStream(list(enumerate(paths)), predictor, keep_images=False), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate)
-    for indices, pixels, _, failed in tqdm(loader, desc="site images", unit="batch"):
-        failures += [f"{paths[index]}: {message}" for index, message in failed]
+    for readable, pixels, unreadable in tqdm(loader, desc="site images", unit="batch"):
+        failures += [f"{item.path}: {item.error}" for item in unreadable]
         if pixels is not None:
             batch_logits, statistics, _ = predictor.forward(pixels)
             verdicts = predictor.guard_distances(statistics) <= float(predictor.model.guard_threshold)
-            for position, index in enumerate(indices):
-                logits[index], looks_like_xray[index] = batch_logits[position].float().cpu(), bool(verdicts[position])
+            for item, item_logits, verdict in zip(readable, batch_logits, verdicts):
+                logits[item.index], looks_like_xray[item.index] = item_logits.float().cpu(), bool(verdict)
     if failures:
         raise SiteDataError(f"{len(failures)} site image(s) cannot be read; fix or remove them:{indented(failures)}")
     return torch.stack(logits), np.array(looks_like_xray)
