@@ -78,6 +78,10 @@ class ImageStream(IterableDataset):
     def __init__(self, files: Iterable[tuple[int, Path]], predictor: Predictor, keep_images: bool):
         self.files, self.predictor, self.keep_images = files, predictor, keep_images
 
+    def __len__(self) -> int:
+        """The number of files when `files` knows it (a list: progress bars show a total); TypeError for a stream."""
+        return len(self.files)
+
     def __iter__(self) -> Iterator["Item"]:
         worker = get_worker_info()
         for position, (index, path) in enumerate(self.files):

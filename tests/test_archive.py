@@ -153,6 +153,7 @@ def test_the_pushed_endpoint_handler_answers_as_trainer_predict_without_the_proj
             "answers = [handler({'inputs': Image.open(path)}) for path in requests['decoded']]\n"
             "answers += [handler({'inputs': text}) for text in requests['base64']]\n"
             "try:\n    handler({'inputs': requests['garbage']})\nexcept ValueError as error:\n    answers.append(str(error))\n"
+            "answers.append(handler({'inputs': requests['base64'][3], 'parameters': {'heatmap': True}}))\n"
             "print(json.dumps(answers))\n")
     result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
@@ -166,3 +167,7 @@ def test_the_pushed_endpoint_handler_answers_as_trainer_predict_without_the_proj
         assert by_label == pytest.approx(prediction.probabilities, abs=1e-4)
     assert answers[9][0]["label"] == "NOT_A_CHEST_XRAY" and answers[9][0]["looks_like_chest_xray"] is False
     assert "not an image this endpoint can read" in answers[10]
+    # Grad-CAM of the decision, as the project's app computes it
+    expected_map = served_predictor.analyse(xrays[3], heatmap=True).heatmap
+    assert "heatmap" not in answers[3][0] and answers[11][0]["label"] == expected[3].decision
+    np.testing.assert_allclose(answers[11][0]["heatmap"], expected_map, rtol=1e-3, atol=1e-3 * expected_map.max())

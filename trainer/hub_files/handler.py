@@ -5,12 +5,15 @@ remote code (`modeling_pneumonia.py`, the decision-first pipeline with the not-a
 Inference Endpoint (custom handler), then send either the image itself (a raw JPEG/PNG body, which the Inference
 Endpoints toolkit decodes to an image) or JSON:
 
-    {"inputs": "<base64 of a JPEG, PNG or DICOM file>"}
+    {"inputs": "<base64 of a JPEG, PNG or DICOM file>", "parameters": {"heatmap": true}}
 
 The answer is the pipeline's, decision first, each entry with the model's `threshold` and the `looks_like_chest_xray`
 verdict: `[{"label": "PNEUMONIA", "score": ..., "probability": ..., "threshold": ..., "looks_like_chest_xray": true},
 {"label": "NORMAL", ...}]`, or for an image that is not a chest X-ray `[{"label": "NOT_A_CHEST_XRAY", "score": 1.0,
-"guard_distance": ..., "guard_limit": ..., "threshold": ..., "looks_like_chest_xray": false}]`. Input that is not an
+"guard_distance": ..., "guard_limit": ..., "threshold": ..., "looks_like_chest_xray": false}]`. With
+`"parameters": {"heatmap": true}` the decision's entry also carries `heatmap`: the Grad-CAM map of the decision on the
+backbone's last feature map (rows of non-negative floats, 7 x 7 for a ResNet18; upsample it over the image as it
+was sent, which the model saw whole, squashed to its input). Input that is not an
 image raises ValueError with the reason (the toolkit answers it as an error). DICOM is rendered by the rules of the
 project's reader (modality LUT, VOI LUT / window, MONOCHROME1 inverted, scaled by the bits stored).
 Research demo, not for clinical use.
@@ -22,6 +25,7 @@ import io
 
 import numpy as np
 import pydicom
+import torch
 from PIL import Image, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from transformers import pipeline
@@ -75,6 +79,24 @@ class EndpointHandler:
         self.threshold = float(self.classify.model.decision_threshold)
 
     def __call__(self, data: dict) -> list[dict]:
-        answer = self.classify(decoded(data.get("inputs", data) if isinstance(data, dict) else data))
+        image = decoded(data.get("inputs", data) if isinstance(data, dict) else data)
+        answer = self.classify(image)
         looks_like_xray = answer[0]["label"] != NOT_A_CHEST_XRAY
-        return [{**entry, "threshold": self.threshold, "looks_like_chest_xray": looks_like_xray} for entry in answer]
+        answer = [{**entry, "threshold": self.threshold, "looks_like_chest_xray": looks_like_xray} for entry in answer]
+        parameters = data.get("parameters") or {} if isinstance(data, dict) else {}
+        if parameters.get("heatmap") and looks_like_xray:
+            answer[0]["heatmap"] = self.grad_cam(image, answer[0]["label"]).tolist()
+        return answer
+
+    def grad_cam(self, image: Image.Image, label: str) -> np.ndarray:
+        """Grad-CAM of `label` on the last feature map: only pooling and the head lie between the map and the logits,
+        so the gradient is a backward pass through those (as the project's app computes it)."""
+        model = self.classify.model
+        pixels = self.classify.image_processor(image, return_tensors="pt")["pixel_values"].to(model.device)
+        with torch.no_grad():
+            feature_map, _ = model.backbone.forward_intermediates(pixels, indices=1)
+        feature_map.requires_grad_(True)
+        logits = model.head(model.backbone.forward_head(feature_map))
+        (gradients,) = torch.autograd.grad(logits[0, model.config.label2id[label]], feature_map)
+        weights = gradients.mean(dim=(2, 3))
+        return torch.einsum("nc,nchw->nhw", weights, feature_map.detach()).clamp_min(0)[0].cpu().numpy()
