@@ -8,12 +8,10 @@ import pytest
 import torch
 
 from serving import guard, labels
+from serving.model import REMOTE_CODE
 from trainer.evaluation import load_metric
 from trainer.metrics.pneumonia_metrics import LABEL_NAMES
 from trainer.report import screening_metrics
-
-REMOTE_CODE = guard.__file__.replace("guard.py", "hub_files/modeling_pneumonia.py")
-
 
 @pytest.fixture(scope="module")
 def remote_code():
