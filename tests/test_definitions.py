@@ -13,6 +13,7 @@ from trainer.evaluation import load_metric
 from trainer.metrics.pneumonia_metrics import LABEL_NAMES
 from trainer.report import screening_metrics
 
+
 @pytest.fixture(scope="module")
 def remote_code():
     """The remote code as transformers loads it: one file, imported on its own."""
