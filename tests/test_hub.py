@@ -19,7 +19,6 @@ from trainer import PneumoniaClassifier
 from trainer.push import PushError, push_run
 from trainer.push import main as push
 from trainer.push_space import push_space
-from trainer.train import main
 
 MODEL_ID = f"{USER}/pneumonia-detector"
 EXPECTED_FILES = {"model.safetensors", "config.json", "modeling_pneumonia.py", "all_results.json",
@@ -108,17 +107,6 @@ def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_run(trained_run,
     message = cli_error(push, [str(output_dir), "--hub_model_id", MODEL_ID, "--hub_token", TOKEN])
     assert "failed" in message and f"retry with: python -m trainer.push {output_dir}" in message
     assert folder_digest(output_dir) == before
-
-
-@pytest.mark.slow
-def test_training_with_push_to_hub_pushes_when_it_ends(hub, tmp_path):
-    results = main([*FAST_TRAINING, "--num_train_epochs", "1", "--output_dir", str(tmp_path),
-                    "--push_to_hub", "--hub_model_id", f"{USER}/from-training", "--hub_token", TOKEN,
-                    "--hub_private_repo"])
-    info = HfApi(token=TOKEN).model_info(f"{USER}/from-training")
-    assert info.private and EXPECTED_FILES <= {s.rfilename for s in info.siblings}
-    assert json.loads(open(snapshot_download(f"{USER}/from-training", token=TOKEN) + "/all_results.json").read()) \
-        == json.loads(json.dumps(results))
 
 
 @pytest.mark.slow

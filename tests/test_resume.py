@@ -12,14 +12,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FAST_TRAINING, REPO_ROOT
+from tests.conftest import FAST_TRAINING, REPO_ROOT, cli_error
+from trainer.__main__ import cli as trainer
 from trainer.train import main
 
-pytestmark = pytest.mark.slow  # every test here trains
-
-# Small batches make each epoch long enough (~0.3 s) for the signal to land mid-run.
-RUN = [*FAST_TRAINING, "--num_train_epochs", "40", "--per_device_train_batch_size", "4", "--cache_views", "2",
+# The 60-image sample (conftest.py tiny_sample); small batches make the 40 epochs long enough (~4 s in all) for the
+# signal to land mid-run.
+RUN = [*FAST_TRAINING, "--num_train_epochs", "40", "--per_device_train_batch_size", "2", "--cache_views", "2",
        "--checkpoint_total_limit", "2"]
+
+
+@pytest.fixture
+def run(tiny_sample) -> list[str]:
+    return [*RUN, "--data_dir", str(tiny_sample)]
 
 
 def comparable(output_dir):
@@ -28,13 +33,14 @@ def comparable(output_dir):
     return results
 
 
-def test_sigterm_saves_a_state_that_resumes_to_the_uninterrupted_result(tmp_path):
-    main([*RUN, "--output_dir", str(tmp_path / "straight")])
+@pytest.mark.slow
+def test_sigterm_saves_a_state_that_resumes_to_the_uninterrupted_result(tmp_path, run):
+    main([*run, "--output_dir", str(tmp_path / "straight")])
     assert len(list((tmp_path / "straight" / "checkpoints").iterdir())) == 2  # --checkpoint_total_limit
 
     log = tmp_path / "interrupted.log"
     with open(log, "w") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "trainer", *RUN, "--output_dir", str(tmp_path / "resumed")],
+        process = subprocess.Popen([sys.executable, "-m", "trainer", *run, "--output_dir", str(tmp_path / "resumed")],
                                    cwd=REPO_ROOT, stdout=log_file, stderr=log_file,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 300
@@ -45,7 +51,7 @@ def test_sigterm_saves_a_state_that_resumes_to_the_uninterrupted_result(tmp_path
     assert "Stopped by a signal" in log.read_text() and "--resume_from_checkpoint latest" in log.read_text()
     assert not (tmp_path / "resumed" / "all_results.json").exists()
 
-    main([*RUN, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
+    main([*run, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
     assert comparable(tmp_path / "resumed") == comparable(tmp_path / "straight")
     straight = load_file(tmp_path / "straight" / "best" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "best" / "model.safetensors")
@@ -54,11 +60,12 @@ def test_sigterm_saves_a_state_that_resumes_to_the_uninterrupted_result(tmp_path
     assert [h["epoch"] for h in history] == list(range(1, 41))
 
 
-def test_a_moved_and_renamed_checkpoint_resumes_to_the_same_result(tmp_path):
-    main([*RUN, "--num_train_epochs", "6", "--output_dir", str(tmp_path / "straight")])
+@pytest.mark.slow
+def test_a_moved_and_renamed_checkpoint_resumes_to_the_same_result(tmp_path, run):
+    main([*run, "--num_train_epochs", "6", "--output_dir", str(tmp_path / "straight")])
     moved = tmp_path / "backups" / "after epoch five"
     shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint_4", moved)
-    main([*RUN, "--num_train_epochs", "6", "--output_dir", str(tmp_path / "elsewhere"), "--resume_from_checkpoint",
+    main([*run, "--num_train_epochs", "6", "--output_dir", str(tmp_path / "elsewhere"), "--resume_from_checkpoint",
           str(moved)])
     assert comparable(tmp_path / "elsewhere") == comparable(tmp_path / "straight")
     straight = load_file(tmp_path / "straight" / "best" / "model.safetensors")
@@ -66,14 +73,14 @@ def test_a_moved_and_renamed_checkpoint_resumes_to_the_same_result(tmp_path):
     assert all((straight[key] == elsewhere[key]).all() for key in straight)  # also when epoch 6 was not the best
     assert [p.name for p in (tmp_path / "elsewhere" / "checkpoints").iterdir()] == ["checkpoint_0"]
     with pytest.raises(ValueError, match="not a checkpoint folder written by this trainer"):
-        main([*RUN, "--output_dir", str(tmp_path / "other"), "--resume_from_checkpoint", str(tmp_path / "backups")])
+        main([*run, "--output_dir", str(tmp_path / "other"), "--resume_from_checkpoint", str(tmp_path / "backups")])
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "trainer", *RUN, "--output_dir", str(tmp_path),
-                             "--resume_from_checkpoint", "latest"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 1 and "no checkpoint under" in result.stderr
+    """Refused before any data is read (the command line's exit status and one line: tests/conftest.py cli_error)."""
+    message = cli_error(trainer, [*RUN, "--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"])
+    assert "no checkpoint under" in message
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def state_files(checkpoint) -> dict:
@@ -82,6 +89,7 @@ def state_files(checkpoint) -> dict:
             "optimizer": torch.load(checkpoint / "optimizer.bin", weights_only=True)}
 
 
+@pytest.mark.slow
 def test_without_the_feature_cache_resuming_restores_data_order_weights_and_optimizer_exactly(tmp_path, tiny_sample):
     """--cache_views 0 (images decoded, augmented and run through the backbone every epoch), resumed from a lean state
     at an epoch boundary: the same shuffles, head weights and Adam moments as the uninterrupted run, as README promises

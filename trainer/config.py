@@ -15,8 +15,16 @@ def option(default, help: str, **argparse_kwargs):
 @dataclass
 class TrainingConfig:
     # Data
-    data_dir: str = option(str(BUNDLED_SAMPLE), "Kaggle-layout folder with train/ and test/ (each with NORMAL/ and "
-                           "PNEUMONIA/). Defaults to the small real sample bundled with the repository.")
+    data_dir: str | None = option(None, "Kaggle-layout folder with train/ and test/ (each with NORMAL/ and PNEUMONIA/). "
+                                  "Without it or --dataset_name: the small real sample bundled with the repository.")
+    dataset_name: str | None = option(None, "Train from a `datasets` dataset instead of a folder: a Hub id "
+                                      "(NAME/DATASET, e.g. one made by dataset_scripts.push_dataset) or a local copy. "
+                                      "It needs train and test splits; its validation split is used when it has "
+                                      "one, else validation is carved from train (grouped by a patient_id column "
+                                      "when there is one).")
+    dataset_config_name: str | None = option(None, "The dataset's configuration, if it has several.")
+    image_column_name: str = option("image", "The dataset's image column.")
+    label_column_name: str = option("label", "The dataset's label column (a ClassLabel of NORMAL and PNEUMONIA).")
     val_fraction: float = option(0.1, "Fraction of train/ held out for validation, grouped by patient.")
     output_dir: str = option("outputs", "Where splits.json, best/, all_results.json and plots are written.")
     overwrite_output_dir: bool = option(False, "Start afresh in an --output_dir that holds resumable states of an "
@@ -83,6 +91,10 @@ class TrainingConfig:
                                          choices=["no", "fp16", "bf16"])
 
     def __post_init__(self):
+        if self.data_dir and self.dataset_name:
+            raise ValueError("--data_dir and --dataset_name name two sources of data: pass one of them.")
+        if not self.dataset_name:
+            self.data_dir = self.data_dir or str(BUNDLED_SAMPLE)
         if not 0 < self.val_fraction < 0.5:
             raise ValueError(f"--val_fraction must be between 0 and 0.5, got {self.val_fraction}.")
         for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "head_hidden_dim",

@@ -1,8 +1,9 @@
-"""Load a Kaggle-layout chest X-ray folder and carve a patient-grouped validation split from train/.
+"""Load the training data, from a Kaggle-layout folder or a `datasets` dataset, and make its splits.
 
-Layout: DATA_DIR/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg. An extra val/ folder (16 images in the
+Folder layout: DATA_DIR/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg. An extra val/ folder (16 images in the
 Kaggle download) is ignored: validation comes from train/, stratified by label and grouped by
-patient, so no patient has images on both sides.
+patient, so no patient has images on both sides. A dataset (`--dataset_name`, on the Hub or a local copy) brings
+its own validation split, or a patient_id column to group by.
 """
 
 import io
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "chest_xray"
 SPLIT_FOLDERS = ("train", "test")
+PATIENT_COLUMN = "patient_id"
 # personNNN_bacteria_MMM.jpeg, IM-NNNN-MMMM.jpeg, NORMAL2-IM-NNNN-MMMM.jpeg (see the data README).
 # NORMAL2-IM-NNNN and IM-NNNN are treated as one patient: merging can only reduce leakage.
 PATIENT_PATTERN = re.compile(r"^(?:(person\d+)_|(?:NORMAL2-)?(IM-\d+)-)")
@@ -124,11 +128,62 @@ def load_chest_xray(data_dir: str | Path, verify_images: bool = True) -> dataset
     return add_file_names(dataset)
 
 
+def load_training_data(config) -> datasets.DatasetDict:
+    """The data a training run names (TrainingConfig): --dataset_name (Hub id or local copy), else --data_dir."""
+    if config.dataset_name:
+        return load_image_dataset(config.dataset_name, config.dataset_config_name, config.image_column_name,
+                                  config.label_column_name)
+    return load_chest_xray(config.data_dir)
+
+
+def image_cells(part: datasets.Dataset) -> pa.ChunkedArray:
+    """The image column's cells ({"bytes", "path"}) as Arrow, in dataset order: nothing decoded or copied."""
+    return part.select_columns("image").with_format("arrow")[:]["image"]
+
+
+def image_paths(part: datasets.Dataset) -> list[str | None]:
+    """The path of every image (a local file, or the original name of bytes embedded in the dataset)."""
+    return pc.struct_field(image_cells(part), "path").to_pylist()
+
+
 def add_file_names(dataset: datasets.DatasetDict) -> datasets.DatasetDict:
-    """Add a file_name column ("CLASS/name.jpeg") without decoding any image."""
+    """Add file_name ("CLASS/name.jpeg") and patient_id (from the file name) columns without decoding any image."""
     for split, part in dataset.items():
-        paths = part.cast_column("image", datasets.Image(decode=False))["image"]
-        dataset[split] = part.add_column("file_name", ["/".join(Path(p["path"]).parts[-2:]) for p in paths])
+        names = ["/".join(Path(path).parts[-2:]) for path in image_paths(part)]
+        dataset[split] = part.add_column("file_name", names).add_column(PATIENT_COLUMN, [patient_id(n) for n in names])
+    return dataset
+
+
+def load_image_dataset(name: str, config_name: str | None = None, image_column: str = "image",
+                       label_column: str = "label") -> datasets.DatasetDict:
+    """A `datasets` dataset (Hub id or local copy) with train and test splits, an image column and a ClassLabel
+    column of NORMAL / PNEUMONIA, renamed to image / label; file_name is added from the images' names when missing.
+
+    Raises DatasetLayoutError in one line naming what the dataset has instead.
+    """
+    dataset = datasets.load_dataset(name, config_name)
+    missing_splits = [split for split in SPLIT_FOLDERS if split not in dataset]
+    if missing_splits:
+        raise DatasetLayoutError(f"Dataset {name} has splits {list(dataset)}, not {' and '.join(missing_splits)}: the "
+                                 "trainer needs train (and uses validation when there is one) and an untouched test.")
+    for split, part in dataset.items():
+        missing = [column for column in (image_column, label_column) if column not in part.column_names]
+        if missing:
+            raise DatasetLayoutError(f"Dataset {name} ({split}) has no column {' or '.join(missing)}; its columns are "
+                                     f"{part.column_names}: name them with --image_column_name / --label_column_name.")
+        labels = part.features[label_column]
+        if not isinstance(labels, datasets.ClassLabel) or sorted(labels.names) != sorted(LABELS):
+            found = labels.names if isinstance(labels, datasets.ClassLabel) else f"values of type {labels}"
+            raise DatasetLayoutError(f"Dataset {name} ({split}): column {label_column!r} holds {found}, not the classes "
+                                     f"{' and '.join(LABELS)}.")
+    dataset = dataset.rename_columns({old: new for old, new in ((image_column, "image"), (label_column, "label"))
+                                      if old != new})
+    if tuple(dataset["train"].features["label"].names) != LABELS:
+        dataset = dataset.align_labels_with_mapping({name: index for index, name in enumerate(LABELS)}, "label")
+    if "file_name" not in dataset["train"].column_names:
+        dataset = datasets.DatasetDict({split: part.add_column("file_name", [
+            Path(path).name if path else f"{split}-{index:06d}" for index, path in enumerate(image_paths(part))])
+            for split, part in dataset.items()})
     return dataset
 
 
@@ -150,22 +205,54 @@ def held_out_patients(labels: np.ndarray, patients: np.ndarray, val_fraction: fl
 
 def split_by_patient(train: datasets.Dataset, val_fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Carve a validation set of `val_fraction` of `train` (to within one patient), stratified by label and
-    grouped by patient. sklearn's StratifiedGroupKFold only makes 1/k-sized folds (0.15 gave 14%, 0.45 gave 50%)."""
+    grouped by the patient_id column. sklearn's StratifiedGroupKFold only makes 1/k-sized folds (0.15 gave 14%,
+    0.45 gave 50%)."""
     if not 0 < val_fraction < 0.5:
         raise ValueError(f"--val_fraction must be in (0, 0.5), got {val_fraction}.")
-    patients = np.array([patient_id(name) for name in train["file_name"]])
+    patients = np.array(train[PATIENT_COLUMN])
     held_out = np.isin(patients, list(held_out_patients(np.array(train["label"]), patients, val_fraction, seed)))
     return train.select(np.flatnonzero(~held_out)), train.select(np.flatnonzero(held_out))
 
 
-def split_manifest(splits: dict[str, datasets.Dataset], val_fraction: float, seed: int) -> dict:
+def patient_split_procedure(val_fraction: float, seed: int, patients_from: str = "the file name",
+                            train_from: str = "train/", test_from: str = "the untouched test/ folder") -> str:
+    return (f"validation = whole patients (patient id from {patients_from}) drawn from {train_from} class by class in a "
+            f"random order (seed {seed}) until each class has {val_fraction:g} of its images, to within one patient: "
+            f"stratified by label, grouped by patient; test = {test_from}")
+
+
+def make_splits(data: datasets.DatasetDict, val_fraction: float, seed: int,
+                dataset_name: str | None = None) -> tuple[dict[str, datasets.Dataset], str]:
+    """{"train", "validation", "test"} and the procedure that made them: a dataset's own validation split when it has
+    one; else validation carved from train, grouped by patient when a patient_id column says who is who, and by
+    image (stratified by label) otherwise."""
+    if dataset_name is None:
+        train, validation = split_by_patient(data["train"], val_fraction, seed)
+        return {"train": train, "validation": validation, "test": data["test"]}, patient_split_procedure(val_fraction, seed)
+    source = f"the dataset {dataset_name}"
+    test = f"the untouched test split of {source}"
+    if "validation" in data:
+        procedure = f"validation = the validation split of {source}; train = its train split; test = {test}"
+        return {"train": data["train"], "validation": data["validation"], "test": data["test"]}, procedure
+    if PATIENT_COLUMN in data["train"].column_names:
+        train, validation = split_by_patient(data["train"], val_fraction, seed)
+        procedure = patient_split_procedure(val_fraction, seed, f"its {PATIENT_COLUMN} column",
+                                            f"the train split of {source}", test)
+    else:
+        halves = data["train"].train_test_split(test_size=val_fraction, stratify_by_column="label", seed=seed)
+        train, validation = halves["train"], halves["test"]
+        procedure = (f"validation = {val_fraction:g} of the train split of {source}, drawn image by image (seed {seed}), "
+                     f"stratified by label; the dataset has no {PATIENT_COLUMN} column, so one patient's images may "
+                     f"be on both sides; test = {test}")
+    return {"train": train, "validation": validation, "test": data["test"]}, procedure
+
+
+def split_manifest(splits: dict[str, datasets.Dataset], procedure: str, val_fraction: float) -> dict:
     """The split actually used, as written to output_dir/splits.json."""
     files = {name: sorted(part["file_name"]) for name, part in splits.items()}
     achieved = len(files["validation"]) / (len(files["train"]) + len(files["validation"]))
     return {
-        "procedure": (f"validation = whole patients (patient id from the file name) drawn from train/ class by class "
-                      f"in a random order (seed {seed}) until each class has {val_fraction:g} of its images, to "
-                      "within one patient: stratified by label, grouped by patient; test = the untouched test/ folder"),
+        "procedure": procedure,
         "validation_fraction_requested": val_fraction,
         "validation_fraction": achieved,
         "label_names": list(LABELS),

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from serving.guard import GUARD_STAGES, stage_statistics
 from serving.runtime import INPUT, onnx_bytes, onnx_session
 
-from .data import make_loader
+from .data import image_cells, make_loader
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +146,15 @@ class Extractor:
 
 
 def files_fingerprint(split: datasets.Dataset) -> list:
-    """Name, size and modification time of every image, in dataset order (no decoding)."""
-    paths = [image["path"] for image in split.cast_column("image", datasets.Image(decode=False))["image"]]
-    return [(os.path.basename(p), os.stat(p).st_size, int(os.stat(p).st_mtime)) for p in paths]
+    """Per image, in dataset order (no decoding): the name, size and modification time of a local file, or the
+    sha256 of bytes held in the dataset (a dataset from the Hub)."""
+    fingerprints = []
+    for batch in image_cells(split).chunks:
+        for cell in batch.to_pylist():
+            path, content = cell["path"], cell["bytes"]
+            fingerprints.append(hashlib.sha256(content).hexdigest() if content is not None else
+                                (os.path.basename(path), os.stat(path).st_size, int(os.stat(path).st_mtime)))
+    return fingerprints
 
 
 def cache_key(model, split: datasets.Dataset, views: int, transform, seed: int, engine: str) -> str:

@@ -13,14 +13,20 @@ CARD_METRICS = {"accuracy": "accuracy", "roc_auc": "roc_auc", "sensitivity": "re
                 "f1": "f1"}
 
 
-def eval_results(results: dict) -> list[EvalResult]:
-    """model-index entries for the test split."""
+def eval_results(results: dict, dataset_id: str | None) -> list[EvalResult]:
+    """model-index entries for the test split (of the Hub dataset the run trained from, when it did)."""
     return [
-        EvalResult(task_type="image-classification", task_name="Pneumonia screening", dataset_type=DATASET_TYPE,
-                   dataset_name=DATASET_NAME, dataset_split="test", metric_type=metric_type,
+        EvalResult(task_type="image-classification", task_name="Pneumonia screening",
+                   dataset_type=dataset_id or DATASET_TYPE, dataset_name=DATASET_NAME, dataset_split="test",
+                   metric_type=metric_type,
                    metric_name=f"test {key}", metric_value=round(float(results[f"test_{key}"]), 4))
         for key, metric_type in CARD_METRICS.items()
     ]
+
+
+def hub_dataset_id(dataset_name: str | None) -> str | None:
+    """The Hub id of the dataset a run trained from (--dataset_name), unless that named a local copy."""
+    return dataset_name if dataset_name and not Path(dataset_name).exists() else None
 
 
 def build_model_card(output_dir: Path, model_id: str) -> ModelCard:
@@ -33,6 +39,7 @@ def build_model_card(output_dir: Path, model_id: str) -> ModelCard:
     recalibration = json.loads(recalibration_file.read_text()) if recalibration_file.is_file() else None
     temperature, threshold = ((recalibration["changed"]["temperature"][1], recalibration["changed"]["threshold"][1])
                               if recalibration else (results["temperature"], results["decision_threshold"]))
+    dataset_id = hub_dataset_id(config.get("dataset_name"))
     card_data = ModelCardData(
         model_name=model_id,
         license="cc-by-4.0",
@@ -42,12 +49,14 @@ def build_model_card(output_dir: Path, model_id: str) -> ModelCard:
               "pytorch_model_hub_mixin", "research-only", "not-for-clinical-use"],
         base_model=timm.models.get_pretrained_cfg(config["model_name"]).hf_hub_id if results["imagenet_weights"] else None,
         metrics=["accuracy", "roc_auc", "recall", "specificity", "f1"],
-        eval_results=eval_results(results),
+        datasets=[dataset_id] if dataset_id else None,
+        eval_results=eval_results(results, dataset_id),
     )
     return ModelCard.from_template(
         card_data, template_str=TEMPLATE.read_text(), model_id=model_id, config=config, results=results,
         preprocessing=model_config["preprocessing"], num_features=model_config["num_features"],
-        threshold=threshold, temperature=temperature, split_procedure=split_procedure, recalibration=recalibration)
+        threshold=threshold, temperature=temperature, dataset_id=dataset_id, split_procedure=split_procedure,
+        recalibration=recalibration)
 
 
 def write_model_card(output_dir: Path, model_id: str) -> ModelCard:

@@ -35,7 +35,7 @@ from .checkpointing import (
     use_lean_states,
 )
 from .config import TrainingConfig, parse_config
-from .data import load_chest_xray, make_loader, split_by_patient, split_manifest, train_transform
+from .data import load_training_data, make_loader, make_splits, split_manifest, train_transform
 from .evaluation import evaluate_on_test, head_logits, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, Extractor, cached_features, resolve_engine
@@ -342,17 +342,17 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
 
     # Load and check the data before spending time on anything else
-    data = load_chest_xray(config.data_dir)
-    train_split, val_split = split_by_patient(data["train"], config.val_fraction, config.seed)
-    splits = {"train": train_split, "validation": val_split, "test": data["test"]}
-    logger.info("split sizes: %s", {name: len(part) for name, part in splits.items()})
+    data = load_training_data(config)
+    splits, split_procedure = make_splits(data, config.val_fraction, config.seed, config.dataset_name)
+    train_split, val_split = splits["train"], splits["validation"]
+    logger.info("split sizes: %s (%s)", {name: len(part) for name, part in splits.items()}, split_procedure)
     if accelerator.is_main_process:
         if not config.resume_from_checkpoint and (output_dir / "checkpoints").is_dir():
             logger.info("starting afresh (--overwrite_output_dir): removing resumable states in %s",
                         output_dir / "checkpoints")
             shutil.rmtree(output_dir / "checkpoints")
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_json(split_manifest(splits, config.val_fraction, config.seed), output_dir / "splits.json")
+        write_json(split_manifest(splits, split_procedure, config.val_fraction), output_dir / "splits.json")
         write_json({k: v for k, v in asdict(config).items() if k != "hub_token"}
                    | {"pretrained_weights_sha256": sha256(weights) if weights else None},
                    output_dir / "training_config.json")
@@ -371,8 +371,9 @@ def main(argv=None) -> dict:
     fitted = finalise_best_model(config, accelerator, splits, output_dir, cached)
 
     # Evaluate the best model on the untouched test set
-    results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], Path(config.data_dir) / "test",
-                               output_dir, config.per_device_eval_batch_size, config.num_workers,
+    test_dir = Path(config.dataset_name or config.data_dir) / "test"  # where test_predictions.json says images are
+    results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], test_dir, output_dir,
+                               config.per_device_eval_batch_size, config.num_workers,
                                config.extraction_engine,
                                feature_cache_dir(config, output_dir) if config.cache_views else None)
     results |= {"best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"],
