@@ -49,8 +49,8 @@ from trainer.push_space import push_space  # noqa: E402
 MODEL_ID, SPACE_ID = f"{USER}/pneumonia-detector", f"{USER}/private-mode"
 
 
-def deploy(run: str) -> str:
-    """Push the run and the static Space to the loopback Hub, print the download size, serve the Space's files."""
+def deploy(run: str) -> Path:
+    """Push the run and the static Space to the loopback Hub, print the download size; returns the Space's files."""
     hub = make_server(HUB_PORT)
     threading.Thread(target=hub.serve_forever, daemon=True).start()
     push_run(run, MODEL_ID, token=TOKEN)
@@ -62,7 +62,7 @@ def deploy(run: str) -> str:
     model_bytes = sum(p.stat().st_size for p in (model / "onnx").iterdir())
     print(f"download: page + ONNX Runtime Web {page_bytes / 1e6:.1f} MB, model {model_bytes / 1e6:.1f} MB, "
           f"total {(page_bytes + model_bytes) / 1e6:.1f} MB")
-    return f"http://127.0.0.1:{serve_folder(site).server_port}/"
+    return site
 
 
 def tab_memory_mb() -> float:
@@ -146,7 +146,7 @@ def main() -> None:
     if CHROMIUM is None:
         sys.exit("needs Debian's chromium (apt-get install chromium)")
     images = IMAGES[: args.images + 1]
-    url = deploy(args.run)
+    url = f"http://127.0.0.1:{serve_folder(deploy(args.run)).server_port}/"
     browser = browser_run(url, images, IMAGES)
     predictor = Predictor(load_model(str(Path(args.run) / "best")))
     compare_with_python(predictor, browser["answers"])

@@ -7,6 +7,9 @@ import { modelInput, overlay } from "./preprocessing.js";
 
 // The bundle carries its WebAssembly loader; only the binary is fetched, from the page's own vendor/ folder.
 ort.env.wasm.wasmPaths = { wasm: new URL("./vendor/ort-wasm-simd-threaded.wasm", import.meta.url).href };
+// WebAssembly threads need a cross-origin isolated page (the static Space's custom_headers, or
+// `python -m trainer.static_server`): then every core the browser offers; elsewhere one thread, which works too.
+ort.env.wasm.numThreads = self.crossOriginIsolated ? navigator.hardwareConcurrency : 1;
 
 const DISPLAY_SIZE = 1024; // the radiograph is shown at most this large, at its own aspect ratio (as in the Space)
 const $ = (id) => document.getElementById(id);

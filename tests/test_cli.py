@@ -157,7 +157,9 @@ def test_training_offline_with_local_imagenet_weights_records_their_hash(tmp_pat
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 in the shell sets
     weights = tmp_path / "resnet18.safetensors"
     reference = saved_backbone("resnet18", weights)
-    common = ["--num_train_epochs", "1", "--num_workers", "0", "--cache_views", "1", "--data_dir", str(tiny_sample)]
+    # eager extraction: this backbone (the file's) is new to the session, and its ONNX export would take ~10 s
+    common = ["--num_train_epochs", "1", "--num_workers", "0", "--cache_views", "1", "--data_dir", str(tiny_sample),
+              "--extraction_engine", "eager"]
     trainer([*common, "--pretrained_weights", str(weights), "--output_dir", str(tmp_path / "out")])
     recorded = json.loads((tmp_path / "out" / "training_config.json").read_text())
     assert recorded["pretrained_weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()

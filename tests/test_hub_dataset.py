@@ -21,6 +21,7 @@ from tests.hub_server import TOKEN, USER
 from tests.test_hub import EXPECTED_FILES
 from trainer.__main__ import cli as trainer
 from trainer.data import load_chest_xray, load_image_dataset, make_splits
+from trainer.features import files_fingerprint
 
 SPLITS = ("train", "validation", "test")
 
@@ -95,6 +96,8 @@ def test_a_local_copy_of_the_dataset_loads_as_the_hub_one(pushed_dataset, tmp_pa
     for split in SPLITS:
         assert list(from_copy[split]["file_name"]) == list(from_hub[split]["file_name"]), split
         assert from_copy[split][0]["image"].tobytes() == from_hub[split][0]["image"].tobytes(), split
+        # the same images by content: a run from the copy reuses the features cached by a run from the Hub
+        assert files_fingerprint(from_copy[split]) == files_fingerprint(from_hub[split]), split
 
 
 def write_parquet_dataset(folder, splits: dict[str, datasets.Dataset]) -> str:

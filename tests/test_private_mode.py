@@ -18,6 +18,7 @@ from tests.hub_server import TOKEN, USER
 from tests.web import needs_chromium, serve_folder
 from trainer.push_space import PAGE_FILES, PRIVATE_MODE, model_hosts, page_file, push_space, static_site
 from trainer.push_space import main as push_space_main
+from trainer.static_server import CROSS_ORIGIN_ISOLATION, serve_in_background
 
 SPACE_ID = f"{USER}/private-mode"
 NON_XRAYS = ["skimage_astronaut", "skimage_coffee", "rendered_document"]  # 512×512, 600×400, 600×800: all resized
@@ -70,7 +71,7 @@ def hub_endpoint(hub) -> str:
 def test_the_site_written_to_a_folder_is_the_one_the_space_gets(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     push_space_main(["--static", "--local_dir", "site", "--hub_model_id", "someone/model"])
-    assert "python -m http.server -d site" in capsys.readouterr().out
+    assert "python -m trainer.static_server site" in capsys.readouterr().out
     for name, content in static_site("someone/model", HfApi().endpoint).items():
         assert (tmp_path / "site" / name).read_bytes() == content, name
     with pytest.raises(SystemExit):
@@ -88,6 +89,7 @@ def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pu
     site = Path(snapshot_download(SPACE_ID, repo_type="space", token=TOKEN, local_dir=tmp_path))
     card = SpaceCard.load(site / "README.md")
     assert card.data.sdk == "static" and card.data.app_file == "index.html" and card.data.models == [pushed_served_model]
+    assert card.data.custom_headers == CROSS_ORIGIN_ISOLATION  # the Space is isolated: every core for the model
     assert "not for clinical use" in card.text
     assert json.loads((site / "model_repo.json").read_text()) == {
         "endpoint": hub_endpoint(hub), "model_id": pushed_served_model, "revision": "main"}
@@ -122,6 +124,8 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
         page.locator("#xray:enabled, #status.error").first.wait_for(timeout=120_000)  # ready, or why not
         assert page.locator("#status").inner_text().startswith("Ready."), page.locator("#status").inner_text()
         assert page.locator("#privacy").inner_text().startswith("Nothing is uploaded.")
+        # Served without the isolation headers (a plain web server): one thread, and it works
+        assert not page.evaluate("self.crossOriginIsolated") and "on 1 thread(s)" in page.locator("#model").inner_text()
         for name, problem in bad_files(tmp_path).items():  # refused with a reason; the page keeps working
             page.locator("#xray").set_input_files(str(tmp_path / name))
             page.locator("#status.error", has_text=problem).wait_for(timeout=30_000)
@@ -165,3 +169,39 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
     model_files = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/"
     assert {url for url in requests if not url.startswith((page_url, model_files))} <= {f"{elsewhere}/upload"}
     assert {model_files + "main/onnx/model.onnx", model_files + "main/onnx/config.json"} <= set(requests)
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_served_cross_origin_isolated_the_page_runs_on_every_core_with_the_same_answers(
+        page_url, served_predictor, test_images, hub, browser, pushed_served_model):
+    """The page served as the static Space serves it (its custom_headers, here by trainer.static_server): isolated,
+    ONNX Runtime Web on navigator.hardwareConcurrency threads, the model still downloads from the Hub (CORS), and the
+    answers are Python's."""
+    site = Path(snapshot_download(SPACE_ID, repo_type="space", token=TOKEN))  # the Space page_url deployed
+    server = serve_in_background(site)
+    url, requests = f"http://127.0.0.1:{server.server_port}/", []
+    page = browser.new_context().new_page()
+    try:
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(url)
+        page.locator("#xray:enabled, #status.error").first.wait_for(timeout=120_000)
+        assert page.locator("#status").inner_text().startswith("Ready."), page.locator("#status").inner_text()
+        cores = page.evaluate("navigator.hardwareConcurrency")
+        assert page.evaluate("self.crossOriginIsolated") and cores > 1
+        assert f"on {cores} thread(s)" in page.locator("#model").inner_text()
+        answers = {}
+        for path in test_images[::3]:  # X-rays, a resized PNG and a non-X-ray
+            page.locator("#xray").set_input_files(str(path))
+            result = page.locator(f'#result[data-file="{path.name}"]')
+            result.wait_for(timeout=60_000)
+            answers[path] = result.evaluate("element => ({...element.dataset})")
+    finally:
+        page.close()
+        server.shutdown()
+    for path, answer in answers.items():
+        expected = served_predictor.analyse(path)
+        assert float(answer["pneumonia"]) == pytest.approx(expected.probabilities["PNEUMONIA"], abs=0.01), path.name
+        assert answer["decision"] == expected.decision, path.name
+    model_files = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/"
+    assert {request for request in requests if not request.startswith((url, model_files))} == set()

@@ -24,6 +24,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, Sp
 from serving.upload import example_files
 
 from .push import PushError
+from .static_server import CROSS_ORIGIN_ISOLATION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_REQUIREMENTS = REPO_ROOT / "requirements-space.txt"  # uploaded as the Space's requirements.txt
@@ -71,7 +72,8 @@ def static_space_card(model_id: str) -> SpaceCard:
     data = SpaceCardData(
         title="Pneumonia Detector (private mode)", sdk="static", app_file="index.html", license="cc-by-4.0",
         models=[model_id], emoji="🫁", colorFrom="green", colorTo="gray",
-        short_description="Chest X-ray classifier that runs in your browser (research demo)", pinned=False)
+        short_description="Chest X-ray classifier that runs in your browser (research demo)", pinned=False,
+        custom_headers=CROSS_ORIGIN_ISOLATION)  # isolated: ONNX Runtime Web may use every core
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{STATIC_DESCRIPTION.format(model_id=model_id)}")
 
 
@@ -150,7 +152,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.local_dir and args.static:
         folder = write_static_site(args.local_dir, args.hub_model_id, HfApi().endpoint)
-        print(f"Wrote private mode for {args.hub_model_id} to {folder}; serve it, e.g. python -m http.server -d {folder}")
+        print(f"Wrote private mode for {args.hub_model_id} to {folder}; serve it cross-origin isolated (every core) "
+              f"with: python -m trainer.static_server {folder}")
         return
     if not args.space_id:
         parser.error("--space_id is required (or --static --local_dir DIR to write the page to a folder)")
