@@ -37,12 +37,14 @@ from serving.heatmap import HEATMAP_OPACITY  # noqa: E402
 IMAGES = sorted((REPO_ROOT / "sample_data" / "chest_xray" / "test").glob("*/*.jpeg"))
 
 
-def start_app(model: str) -> tuple[subprocess.Popen, str]:
+def start_app(model: str, app_file: str | Path = "app.py") -> tuple[subprocess.Popen, str]:
+    """`python app_file` serving `model` on a free loopback port (the repository's serving package on the path)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "MODEL_ID": model, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env,
+    env = {**os.environ, "MODEL_ID": model, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, str(app_file)], cwd=REPO_ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     for _ in range(360):

@@ -3,6 +3,7 @@
 // nothing but the page's own files and that repo's onnx/ files is ever requested.
 
 import * as ort from "./vendor/ort.wasm.bundle.min.mjs";
+import { DicomProblem, looksLikeDicom, renderDicom } from "./dicom.js";
 import { modelInput, overlay } from "./preprocessing.js";
 
 // The bundle carries its WebAssembly loader; only the binary is fetched, from the page's own vendor/ folder.
@@ -129,6 +130,16 @@ function unusable(name, bitmap) {
   return null;
 }
 
+// The picked file as the model and the eye see it: a DICOM rendered to grey (dicom.js), else the browser's decode.
+async function decode(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  if (looksLikeDicom(bytes) || /\.dcm$/i.test(file.name)) {
+    const { rgba, width, height } = renderDicom(bytes);
+    return createImageBitmap(new ImageData(rgba, width, height), { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  }
+  return createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+}
+
 async function onPick() {
   const file = $("xray").files[0];
   if (!file) return;
@@ -137,10 +148,11 @@ async function onPick() {
   setStatus(`Analysing ${file.name} on this computer…`);
   let bitmap;
   try {
-    bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
-  } catch {
-    setStatus(`${file.name} could not be read as a JPEG or PNG image (damaged, or another format). Private mode ` +
-      "reads JPEG and PNG; for DICOM use the Space or `python -m trainer.predict`.", true);
+    bitmap = await decode(file);
+  } catch (error) {
+    setStatus(error instanceof DicomProblem ? `${file.name}: ${error.message}` : `${file.name} could not be read as a ` +
+      "JPEG, PNG or DICOM image (damaged, or another format). Private mode reads JPEG, PNG and uncompressed DICOM; " +
+      "the Space and `python -m trainer.predict` read compressed DICOM too.", true);
     return;
   }
   const problem = unusable(file.name, bitmap);

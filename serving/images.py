@@ -120,10 +120,11 @@ def dicom_to_image(path: Path) -> Image.Image:
         raise InputImageError(f"The image in this DICOM file cannot be decoded ({error}).") from error
     if stored.ndim != 2:
         raise InputImageError(f"Expected one greyscale image in the DICOM file, found an array of shape {stored.shape}.")
-    pixels = apply_modality_lut(stored, dataset).astype(np.float64)
+    pixels = apply_modality_lut(stored, dataset)  # the stored integers, or float64 after a rescale
     has_window = "WindowCenter" in dataset or "VOILUTSequence" in dataset
-    if has_window:
-        pixels = apply_voi_lut(pixels, dataset, prefer_lut=True).astype(np.float64)
+    if has_window:  # a VOI LUT table is indexed by those integers; a window computes in float64
+        pixels = apply_voi_lut(pixels, dataset, prefer_lut=True)
+    pixels = pixels.astype(np.float64)
     # Scale by the range the pixels can take (bits stored), not their min/max, so grey levels mean the same.
     low, high = (0.0, float(2 ** int(dataset.BitsStored) - 1))
     if pixels.min() < low or pixels.max() > high:  # signed data or a rescale slope: fall back to the data's range

@@ -41,6 +41,17 @@ def write_dicom(path: Path, stored: np.ndarray | None, photometric: str = "MONOC
     return path
 
 
+def with_voi_lut(path: Path, table: np.ndarray, first_mapped: int = 0) -> Path:
+    """The DICOM at `path` given a VOI LUT Sequence (one 16-bit table), which readers prefer to its window."""
+    dataset = pydicom.dcmread(path)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [len(table), first_mapped, 16]
+    item.add_new(0x00283006, "OW", table.astype("<u2").tobytes())  # LUT Data
+    dataset.VOILUTSequence = pydicom.Sequence([item])
+    dataset.save_as(path)
+    return path
+
+
 def dicom_variants(folder: Path) -> dict[str, Path]:
     """The same real X-ray as DICOM: 8/12/16-bit, MONOCHROME1/2, with and without a window."""
     grey = grey_xray().astype(np.uint16)

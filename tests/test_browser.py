@@ -1,10 +1,13 @@
 """The app in a real browser: Playwright driving Debian's Chromium (never a downloaded browser)."""
 
 import csv
+import io
+import urllib.request
 
 import pytest
 from PIL import Image
 
+from serving.upload import radiograph
 from tests.app_inputs import bad_uploads
 from tests.conftest import sample_images
 from tests.web import needs_chromium
@@ -63,6 +66,48 @@ def test_the_slider_compares_the_radiograph_with_its_grad_cam_overlay(page, tmp_
     page.locator("p", has_text="Model output:").wait_for(state="detached", timeout=30_000)
     assert comparison.get_by_test_id("imageslider-image").count() == 0
     assert page.locator("#radiograph img").count() == 0
+
+
+def test_an_answer_sends_each_display_image_once_as_webp_and_a_new_opacity_only_the_overlay(page, tmp_path):
+    """The bytes behind one answer (a 1600x1300 JPEG shown at 1024 px): the radiograph once (the preview's WebP; the
+    slider's left image is the same bytes, so the same URL), the overlay once, both WebP, together at most a fifth of
+    the same two images as PNG; the overlay's PNG download is not fetched until asked for; a new opacity fetches
+    the new overlay only."""
+    large = tmp_path / "large.jpeg"
+    Image.open(sample_images("test", "PNEUMONIA", 1)[0]).convert("L").resize((1600, 1300), Image.BICUBIC).save(
+        large, quality=90)
+    page.wait_for_load_state("networkidle")  # the example thumbnails (JPEGs) are in
+    fetched = []  # the images the app answers with (the examples are JPEGs)
+    page.on("requestfinished", lambda request: fetched.append((request.url, request.sizes()["responseBodySize"]))
+            if "/gradio_api/file=" in request.url and request.url.endswith((".webp", ".png")) else None)
+    analyse(page, large)
+    slider = page.locator("#comparison").get_by_test_id("imageslider-image")
+    slider.last.wait_for(timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    urls = [url for url, _ in fetched]
+    preview = page.locator("#radiograph img").get_attribute("src")
+    sources = slider.evaluate_all("images => images.map(image => image.src)")
+    assert len(urls) == len(set(urls)) == 2 and all(url.endswith(".webp") for url in urls), urls
+    assert preview in sources and set(sources) == set(urls)
+    download = page.locator("#overlay-png a[download]").first.get_attribute("href")
+    png_sizes = [len(urllib.request.urlopen(download).read()), png_size(radiograph(large))]
+    assert sum(size for _, size in fetched) <= sum(png_sizes) / 5, (fetched, png_sizes)
+
+    fetched.clear()
+    overlay_before = sources[-1] if sources[-1] != preview else sources[0]
+    opacity = page.locator("input[type=range]").last
+    opacity.fill("0.8")
+    opacity.dispatch_event("pointerup")
+    page.wait_for_function("old => [...document.querySelectorAll('#comparison [data-testid=imageslider-image]')]"
+                           ".every(image => image.src !== old && image.complete)", arg=overlay_before, timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    assert len(fetched) == 1 and fetched[0][0] != preview and fetched[0][0].endswith(".webp"), fetched
+
+
+def png_size(image: Image.Image) -> int:
+    buffer = io.BytesIO()
+    image.save(buffer, "png")
+    return len(buffer.getvalue())
 
 
 def test_an_example_thumbnail_is_analysed_in_one_click(page, tmp_path):

@@ -4,6 +4,8 @@ static page in Debian's Chromium, gives the Predictor's answers; the page sends 
 import base64
 import io
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,11 @@ import onnxruntime
 import pytest
 from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from dataset_scripts.non_xray_images import non_xray_images
+from serving.images import InputImageError, read_image
+from tests.app_inputs import dicom_variants, grey_xray, with_voi_lut, write_dicom
 from tests.conftest import sample_images
 from tests.hub_server import TOKEN, USER
 from tests.web import needs_chromium, serve_folder
@@ -95,16 +100,65 @@ def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pu
         "endpoint": hub_endpoint(hub), "model_id": pushed_served_model, "revision": "main"}
     for name in PAGE_FILES:  # the vendored runtime included: the page loads nothing from a CDN
         assert (site / name).read_bytes() == page_file(name, hub_endpoint(hub)), name
-    page_code = "".join((PRIVATE_MODE / name).read_text() for name in ("index.html", "app.js", "preprocessing.js"))
+    page_code = "".join((PRIVATE_MODE / name).read_text() for name in ("index.html", "app.js", "preprocessing.js",
+                                                                        "dicom.js"))
     assert "http:" not in page_code and "https:" not in page_code  # no absolute URL: own files + model_repo.json
     assert f"connect-src 'self' {hub_endpoint(hub)};" in (site / "index.html").read_text()
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="no Node.js (the machines and CI have Node 20)")
+def test_the_pages_dicom_reader_renders_the_python_readers_pixels_and_refuses_what_it_cannot(tmp_path):
+    """private_mode/dicom.js with the vendored dicom-parser, run by Node on the DICOM files the Python tests use and
+    more: every bit depth and photometric, a window, a VOI LUT table (preferred to the window, as pydicom does), a
+    sigmoid window, a rescale intercept, pydicom's real signed CT slice. Exactly the Python reader's grey levels;
+    a compressed file (RLE, which Python decodes) and a file without pixels get the reason."""
+    grey = grey_xray().astype(np.uint16)
+    files = {**dicom_variants(tmp_path),
+             "voi_lut": with_voi_lut(write_dicom(tmp_path / "lut.dcm", grey * 16, bits_stored=12, window=(100, 50)),
+                                     (np.sqrt(np.arange(4096) / 4095) * 4095).astype(np.uint16)),
+             "sigmoid": write_dicom(tmp_path / "sigmoid.dcm", grey * 16, bits_stored=12, window=(1500, 2000),
+                                    VOILUTFunction="SIGMOID"),
+             "rescaled": write_dicom(tmp_path / "rescaled.dcm", grey * 16, bits_stored=12, window=(-500, 3000),
+                                     RescaleSlope=1, RescaleIntercept=-1024),
+             "ct_slice": Path(get_testdata_file("CT_small.dcm")),
+             "rle": Path(get_testdata_file("MR_small_RLE.dcm")), "no_pixels": write_dicom(tmp_path / "none.dcm", None)}
+    script, parser = tmp_path / "render.mjs", tmp_path / "dicomParser.cjs"  # the vendored file, read as CommonJS
+    shutil.copy(PRIVATE_MODE / "vendor" / "dicomParser.min.js", parser)
+    script.write_text(
+        "import fs from 'fs';\nimport { createRequire } from 'module';\n"
+        f"globalThis.dicomParser = createRequire(import.meta.url)({str(parser)!r});\n"
+        f"const {{ renderDicom }} = await import({(PRIVATE_MODE / 'dicom.js').as_uri()!r});\n"
+        "const answers = {};\n"
+        "for (const [name, path] of Object.entries(JSON.parse(process.argv[2]))) {\n"
+        "  try { const { rgba, width, height } = renderDicom(new Uint8Array(fs.readFileSync(path)));\n"
+        "    answers[name] = { width, height, grey: Array.from(rgba.filter((_, i) => i % 4 === 0)) }; }\n"
+        "  catch (error) { answers[name] = { error: error.message }; }\n"
+        "}\nconsole.log(JSON.stringify(answers));\n")
+    result = subprocess.run([NODE, str(script), json.dumps({name: str(path) for name, path in files.items()})],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    for name, path in files.items():
+        if name in ("rle", "no_pixels"):
+            continue
+        python = np.asarray(read_image(path).convert("L"), dtype=int)
+        assert "error" not in answers[name], (name, answers[name])
+        assert (answers[name]["height"], answers[name]["width"]) == python.shape, name
+        assert np.array_equal(np.array(answers[name]["grey"]).reshape(python.shape), python), name
+    assert "compressed (transfer syntax 1.2.840.10008.1.2.5)" in answers["rle"]["error"]
+    assert answers["no_pixels"]["error"] == "This DICOM file has no pixel data (no image inside)."
+    with pytest.raises(InputImageError, match="no pixel data \\(no image inside\\)"):  # the Python reader's message
+        read_image(files["no_pixels"])
 
 
 def bad_files(folder) -> dict[str, str]:
     """Files the page must refuse (as every entry point does), written to `folder`: {name: what the page says}."""
     (folder / "damaged.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     Image.new("L", (20, 20)).save(folder / "tiny.png")
-    return {"damaged.jpeg": "could not be read as a JPEG or PNG image", "tiny.png": "only 20x20 pixels"}
+    return {"damaged.jpeg": "could not be read as a JPEG, PNG or DICOM image", "tiny.png": "only 20x20 pixels"}
 
 
 @pytest.mark.browser
@@ -205,3 +259,46 @@ def test_served_cross_origin_isolated_the_page_runs_on_every_core_with_the_same_
         assert answer["decision"] == expected.decision, path.name
     model_files = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/"
     assert {request for request in requests if not request.startswith((url, model_files))} == set()
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_the_page_reads_dicom_with_the_python_readers_pixels_and_answers(page_url, served_model, served_predictor,
+                                                                         browser, tmp_path):
+    """DICOM in the page (dicom.js): 8-bit, 12-bit MONOCHROME1 and windowed 12-bit X-rays, and pydicom's real CT slice
+    (signed 16-bit with a rescale intercept), rendered with the Python reader's pixels (within one grey level) and
+    answered as PneumoniaClassifier answers; a DICOM without pixels and a compressed one get the reason."""
+    variants = dicom_variants(tmp_path)
+    readable = [variants[name] for name in ("mono2_8bit", "mono1_12bit", "mono2_12bit_window")]
+    readable.append(Path(shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "ct_slice.dcm")))
+    refused = {write_dicom(tmp_path / "no_pixels.dcm", None): "has no pixel data (no image inside)",
+               Path(shutil.copy(get_testdata_file("JPEG2000.dcm"), tmp_path / "compressed.dcm")):
+                   "is compressed (transfer syntax 1.2.840.10008.1.2.4.91)"}
+    page = browser.new_context().new_page()
+    answers = {}
+    try:
+        page.goto(page_url)
+        page.locator("#xray:enabled").wait_for(timeout=120_000)
+        for path in readable:
+            page.locator("#xray").set_input_files(str(path))
+            result = page.locator(f'#result[data-file="{path.name}"]')
+            result.wait_for(timeout=60_000)
+            answers[path] = result.evaluate("element => ({...element.dataset})")
+            answers[path]["grey"] = page.locator("#radiograph").evaluate(
+                "canvas => Array.from(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data"
+                ".filter((_, i) => i % 4 === 0))")
+        for path, reason in refused.items():
+            page.locator("#xray").set_input_files(str(path))
+            page.locator("#status.error", has_text=reason).wait_for(timeout=30_000)
+            assert page.locator("#result").is_hidden()
+    finally:
+        page.close()
+    for path, answer in answers.items():
+        python = np.asarray(served_predictor.read(path).convert("L"), dtype=int)
+        assert np.abs(np.array(answer["grey"]).reshape(python.shape) - python).max() <= 1, path.name
+        expected = served_predictor.analyse(path)
+        assert answer["decision"] == expected.decision and answer["looksLikeXray"] == str(expected.looks_like_xray).lower()
+        raw = served_model.predict(path, allow_non_xray=True)["PNEUMONIA"]
+        assert float(answer["pneumonia"]) == pytest.approx(raw, abs=0.01), path.name
+    assert {answers[path]["decision"] for path in readable[:3]} <= {"NORMAL", "PNEUMONIA"}
+    assert answers[readable[3]]["decision"] == "NOT_A_CHEST_XRAY"  # the CT slice

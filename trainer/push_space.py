@@ -29,8 +29,8 @@ from .static_server import CROSS_ORIGIN_ISOLATION
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_REQUIREMENTS = REPO_ROOT / "requirements-space.txt"  # uploaded as the Space's requirements.txt
 PRIVATE_MODE = REPO_ROOT / "private_mode"
-PAGE_FILES = ["index.html", "app.js", "preprocessing.js", "style.css", "vendor/ort.wasm.bundle.min.mjs",
-              "vendor/ort-wasm-simd-threaded.wasm", "vendor/README.md"]
+PAGE_FILES = ["index.html", "app.js", "preprocessing.js", "dicom.js", "style.css", "vendor/ort.wasm.bundle.min.mjs",
+              "vendor/ort-wasm-simd-threaded.wasm", "vendor/dicomParser.min.js", "vendor/README.md"]
 SPACE_DESCRIPTION = """# Pneumonia Detector
 
 Upload a frontal chest X-ray to get NORMAL / PNEUMONIA probabilities from [{model_id}](https://huggingface.co/{model_id}),
@@ -43,10 +43,10 @@ from an agent: the Space is an MCP server (`/gradio_api/mcp/`).
 
 STATIC_DESCRIPTION = """# Pneumonia Detector · private mode
 
-Pick a frontal chest X-ray (JPEG or PNG) and the model [{model_id}](https://huggingface.co/{model_id}) analyses it
-**inside your browser** with ONNX Runtime Web: probabilities, the decision at the model's threshold, the
-not-an-X-ray check and the Grad-CAM overlay. The image is never uploaded; the page downloads only itself and the
-model's `onnx/` files.
+Pick a frontal chest X-ray (JPEG, PNG or uncompressed DICOM) and the model
+[{model_id}](https://huggingface.co/{model_id}) analyses it **inside your browser** with ONNX Runtime Web:
+probabilities, the decision at the model's threshold, the not-an-X-ray check and the Grad-CAM overlay. The image
+is never uploaded; the page downloads only itself and the model's `onnx/` files.
 
 **Research demo, not for clinical use.** Trained on pediatric radiographs from one hospital.
 """
