@@ -264,7 +264,7 @@ def test_served_cross_origin_isolated_the_page_runs_on_every_core_with_the_same_
 @pytest.mark.browser
 @needs_chromium
 def test_the_page_reads_dicom_with_the_python_readers_pixels_and_answers(page_url, served_model, served_predictor,
-                                                                         browser, tmp_path):
+                                                                         browser, hub, pushed_served_model, tmp_path):
     """DICOM in the page (dicom.js): 8-bit, 12-bit MONOCHROME1 and windowed 12-bit X-rays, and pydicom's real CT slice
     (signed 16-bit with a rescale intercept), rendered with the Python reader's pixels (within one grey level) and
     answered as PneumoniaClassifier answers; a DICOM without pixels and a compressed one get the reason."""
@@ -275,8 +275,9 @@ def test_the_page_reads_dicom_with_the_python_readers_pixels_and_answers(page_ur
                Path(shutil.copy(get_testdata_file("JPEG2000.dcm"), tmp_path / "compressed.dcm")):
                    "is compressed (transfer syntax 1.2.840.10008.1.2.4.91)"}
     page = browser.new_context().new_page()
-    answers = {}
+    answers, requests = {}, []
     try:
+        page.on("request", lambda request: requests.append(request.url))
         page.goto(page_url)
         page.locator("#xray:enabled").wait_for(timeout=120_000)
         for path in readable:
@@ -302,3 +303,5 @@ def test_the_page_reads_dicom_with_the_python_readers_pixels_and_answers(page_ur
         assert float(answer["pneumonia"]) == pytest.approx(raw, abs=0.01), path.name
     assert {answers[path]["decision"] for path in readable[:3]} <= {"NORMAL", "PNEUMONIA"}
     assert answers[readable[3]]["decision"] == "NOT_A_CHEST_XRAY"  # the CT slice
+    model_files = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/"
+    assert {url for url in requests if not url.startswith((page_url, model_files))} == set()  # the files went nowhere
