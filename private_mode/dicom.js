@@ -1,6 +1,6 @@
 // DICOM in private mode: parsed by dicom-parser (vendored, loaded by index.html as a classic script) and rendered to
-// 8-bit grey by the rules of the Python reader (serving/images.py dicom_to_image): modality LUT (rescale slope and
-// intercept), then the VOI LUT table or the window, scaled by the range BitsStored allows (the data's own range when
+// 8-bit grey by the rules of the Python reader (serving/images.py dicom_to_image): the modality LUT (its table, or the
+// rescale slope and intercept), then the VOI LUT table or the window, scaled by the range BitsStored allows (the data's own range when
 // the values fall outside it), MONOCHROME1 inverted, rounded half up. Uncompressed transfer syntaxes only.
 
 const UNCOMPRESSED = {
@@ -42,20 +42,26 @@ function storedValues(dataSet, byteArray, littleEndian) {
   return { values, rows, columns, bitsStored, signed };
 }
 
-// The VOI LUT Sequence's first table, as pydicom's apply_voi: values below the first mapped one take entry 0, above
-// the last the last entry.
-function applyVoiLut(values, item, signed) {
+// The first table of a Modality or VOI LUT Sequence item, as pydicom applies it: values below the first mapped one
+// take entry 0, above the last the last entry.
+function lookUp(values, item, signed) {
   const entries = item.uint16("x00283002", 0) || 65536;
   const firstMap = signed ? item.int16("x00283002", 1) : item.uint16("x00283002", 1);
   const lut = Uint16Array.from({ length: entries }, (_, i) => item.uint16("x00283006", i));
   return values.map((v) => lut[v >= firstMap ? Math.min(Math.trunc(v - firstMap), entries - 1) : 0]);
 }
 
-function applyWindow(values, dataSet, bitsStored, signed, rescaled) {
+const lutItem = (dataSet, tag) => {
+  const item = dataSet.elements[tag]?.items?.[0]?.dataSet;
+  return item?.elements.x00283002 && item.elements.x00283006 ? item : null;
+};
+
+function applyWindow(values, dataSet, bitsStored, signed, rescaled, modalityLut) {
   let center = number(dataSet, "x00281050"), width = number(dataSet, "x00281051");
   const fn = (dataSet.string("x00281056") ?? "LINEAR").trim().toUpperCase();
   let [yMin, yMax] = signed ? [-(2 ** (bitsStored - 1)), 2 ** (bitsStored - 1) - 1] : [0, 2 ** bitsStored - 1];
-  if (rescaled) {
+  if (modalityLut) [yMin, yMax] = [0, 2 ** modalityLut.uint16("x00283002", 2) - 1];
+  if (rescaled) { // as pydicom's apply_windowing (a file has a Modality LUT table or a rescale, not both)
     const slope = number(dataSet, "x00281053"), intercept = number(dataSet, "x00281052");
     [yMin, yMax] = [yMin * slope + intercept, yMax * slope + intercept];
   }
@@ -81,21 +87,21 @@ export function renderDicom(bytes) {
     throw new DicomProblem(`The image in this DICOM file is compressed (transfer syntax ${syntax}), which private ` +
       "mode cannot decode; the Space and `python -m trainer.predict` read it.");
   }
-  if (dataSet.elements.x00283000) {
-    throw new DicomProblem("This DICOM file maps its values through a Modality LUT table, which private mode does " +
-      "not read; the Space and `python -m trainer.predict` do.");
-  }
   const { values, rows, columns, bitsStored, signed } = storedValues(dataSet, bytes, UNCOMPRESSED[syntax]);
+  // Modality LUT: its table when there is one, else the rescale slope and intercept
   let pixels = values;
+  const modalityLut = lutItem(dataSet, "x00283000");
   const rescaled = Boolean(dataSet.elements.x00281053 && dataSet.elements.x00281052);
-  if (rescaled) {
+  if (modalityLut) pixels = lookUp(pixels, modalityLut, signed);
+  else if (rescaled) {
     const slope = number(dataSet, "x00281053"), intercept = number(dataSet, "x00281052");
     pixels = pixels.map((v) => v * slope + intercept);
   }
-  const voiLut = dataSet.elements.x00283010?.items?.[0]?.dataSet;
-  if (voiLut?.elements.x00283002 && voiLut.elements.x00283006) pixels = applyVoiLut(pixels, voiLut, signed);
+  // VOI: its table when there is one (pydicom's prefer_lut), else the window
+  const voiLut = lutItem(dataSet, "x00283010");
+  if (voiLut) pixels = lookUp(pixels, voiLut, signed);
   else if (dataSet.elements.x00281050 && dataSet.elements.x00281051) {
-    pixels = applyWindow(pixels, dataSet, bitsStored, signed, rescaled);
+    pixels = applyWindow(pixels, dataSet, bitsStored, signed, rescaled, modalityLut);
   }
   let [low, high] = [0, 2 ** bitsStored - 1];
   let min = Infinity, max = -Infinity;

@@ -41,13 +41,14 @@ def write_dicom(path: Path, stored: np.ndarray | None, photometric: str = "MONOC
     return path
 
 
-def with_voi_lut(path: Path, table: np.ndarray, first_mapped: int = 0) -> Path:
-    """The DICOM at `path` given a VOI LUT Sequence (one 16-bit table), which readers prefer to its window."""
+def with_lut(path: Path, sequence: str, table: np.ndarray, first_mapped: int = 0) -> Path:
+    """The DICOM at `path` given a 16-bit lookup table as its `sequence` ("ModalityLUTSequence", or
+    "VOILUTSequence", which readers prefer to a window)."""
     dataset = pydicom.dcmread(path)
     item = pydicom.Dataset()
     item.LUTDescriptor = [len(table), first_mapped, 16]
     item.add_new(0x00283006, "OW", table.astype("<u2").tobytes())  # LUT Data
-    dataset.VOILUTSequence = pydicom.Sequence([item])
+    setattr(dataset, sequence, pydicom.Sequence([item]))
     dataset.save_as(path)
     return path
 

@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 
 from dataset_scripts.non_xray_images import non_xray_images
 from serving.images import InputImageError, read_image
-from tests.app_inputs import dicom_variants, grey_xray, with_voi_lut, write_dicom
+from tests.app_inputs import dicom_variants, grey_xray, with_lut, write_dicom
 from tests.conftest import sample_images
 from tests.hub_server import TOKEN, USER
 from tests.web import needs_chromium, serve_folder
@@ -113,12 +113,16 @@ NODE = shutil.which("node")
 def test_the_pages_dicom_reader_renders_the_python_readers_pixels_and_refuses_what_it_cannot(tmp_path):
     """private_mode/dicom.js with the vendored dicom-parser, run by Node on the DICOM files the Python tests use and
     more: every bit depth and photometric, a window, a VOI LUT table (preferred to the window, as pydicom does), a
-    sigmoid window, a rescale intercept, pydicom's real signed CT slice. Exactly the Python reader's grey levels;
-    a compressed file (RLE, which Python decodes) and a file without pixels get the reason."""
+    Modality LUT table before a window, a sigmoid window, a rescale intercept, pydicom's real signed CT slice.
+    Exactly the Python reader's grey levels; a compressed file (RLE, which Python decodes) and a file without pixels
+    get the reason."""
     grey = grey_xray().astype(np.uint16)
     files = {**dicom_variants(tmp_path),
-             "voi_lut": with_voi_lut(write_dicom(tmp_path / "lut.dcm", grey * 16, bits_stored=12, window=(100, 50)),
-                                     (np.sqrt(np.arange(4096) / 4095) * 4095).astype(np.uint16)),
+             "voi_lut": with_lut(write_dicom(tmp_path / "lut.dcm", grey * 16, bits_stored=12, window=(100, 50)),
+                                 "VOILUTSequence", (np.sqrt(np.arange(4096) / 4095) * 4095).astype(np.uint16)),
+             "modality_lut": with_lut(write_dicom(tmp_path / "mlut.dcm", grey * 16, bits_stored=12,
+                                                  window=(16000, 30000)),
+                                      "ModalityLUTSequence", (np.arange(4096)[::-1] * 8).astype(np.uint16)),
              "sigmoid": write_dicom(tmp_path / "sigmoid.dcm", grey * 16, bits_stored=12, window=(1500, 2000),
                                     VOILUTFunction="SIGMOID"),
              "rescaled": write_dicom(tmp_path / "rescaled.dcm", grey * 16, bits_stored=12, window=(-500, 3000),
