@@ -13,6 +13,7 @@ from tests.conftest import sample_images
 from tests.web import needs_chromium
 
 pytestmark = [needs_chromium, pytest.mark.browser, pytest.mark.slow]
+SLIDER_IMAGES = "#comparison [data-testid=imageslider-image]"
 
 
 @pytest.fixture
@@ -83,7 +84,8 @@ def test_an_answer_sends_each_display_image_once_as_webp_and_a_new_opacity_only_
     analyse(page, large)
     slider = page.locator("#comparison").get_by_test_id("imageslider-image")
     slider.last.wait_for(timeout=30_000)
-    page.wait_for_load_state("networkidle")
+    page.wait_for_function(f"[...document.querySelectorAll('{SLIDER_IMAGES}')].every(image => image.complete)")
+    page.wait_for_timeout(1_000)  # drawn; any other fetch (a second radiograph) would have finished by now
     urls = [url for url, _ in fetched]
     preview = page.locator("#radiograph img").get_attribute("src")
     sources = slider.evaluate_all("images => images.map(image => image.src)")
@@ -96,11 +98,12 @@ def test_an_answer_sends_each_display_image_once_as_webp_and_a_new_opacity_only_
     fetched.clear()
     overlay_before = sources[-1] if sources[-1] != preview else sources[0]
     opacity = page.locator("input[type=range]").last
-    opacity.fill("0.8")
-    opacity.dispatch_event("pointerup")
-    page.wait_for_function("old => [...document.querySelectorAll('#comparison [data-testid=imageslider-image]')]"
+    with page.expect_request_finished(lambda request: request.url.endswith(".webp"), timeout=30_000):
+        opacity.fill("0.8")
+        opacity.dispatch_event("pointerup")
+    page.wait_for_function(f"old => [...document.querySelectorAll('{SLIDER_IMAGES}')]"
                            ".every(image => image.src !== old && image.complete)", arg=overlay_before, timeout=30_000)
-    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(1_000)  # the radiograph, were it fetched again, would have arrived by now
     assert len(fetched) == 1 and fetched[0][0] != preview and fetched[0][0].endswith(".webp"), fetched
 
 
