@@ -71,9 +71,10 @@ def dataset_card(repo_id: str, dataset: datasets.DatasetDict, procedure: str, da
         source_datasets=["Kermany et al. 2018, doi:10.17632/rscbjbr9sj.2"])
     found = (f"{len(duplicates.pairs)} pair(s)" + "".join(f"; {a} ~ {b}" for a, b, *_ in duplicates.pairs)
              if duplicates.pairs else "none")
+    numbering = duplicates.numbering()
     return DatasetCard.from_template(
         card_data, template_path=TEMPLATE, repo_id=repo_id, splits=split_rows(dataset), procedure=procedure,
-        val_fraction=val_fraction, seed=seed, numbering=duplicates.numbering()[0].upper() + duplicates.numbering()[1:],
+        val_fraction=val_fraction, seed=seed, numbering=numbering[0].upper() + numbering[1:],
         method=METHOD, duplicates=found, sizes=image_sizes(data_dir))
 
 
