@@ -35,10 +35,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Runs with the same data, seed, backbone and views share cached features (and the backbone's ONNX export), so
-# most test runs skip extraction, also in new Python processes.
+# Runs with the same data, seed, backbone and views share cached features (the backbone's ONNX export is in the
+# session's export cache, under HF_HOME), so most test runs skip extraction, also in new Python processes. One
+# un-augmented view per image: a third of the default's extraction, for tests that need *a* trained model
+# (augmented views are tested in test_features.py and test_resume.py).
 SHARED_FEATURE_CACHE = tempfile.mkdtemp(prefix="pneumonia-tests-feature-cache-")
-FAST_TRAINING = ["--no_pretrained", "--num_workers", "0", "--cache_dir", SHARED_FEATURE_CACHE]
+FAST_TRAINING = ["--no_pretrained", "--num_workers", "0", "--cache_dir", SHARED_FEATURE_CACHE, "--cache_views", "1"]
 SAMPLE_DIR = REPO_ROOT / "sample_data" / "chest_xray"
 
 
@@ -74,18 +76,31 @@ def confidences(label_output: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in label_output["confidences"]}
 
 
-def pipeline_answers(model_id: str, images: list, cwd) -> list[list[dict]]:
-    """transformers' pipeline in a separate Python whose import path holds no part of this repository."""
+def start_clean_python(code: str, cwd):
+    """`python -I -c code` started now, in a process whose import path holds no part of this repository, so that the
+    test works on meanwhile; returns a function that waits for it and returns the JSON its last line printed."""
+    stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # a full pipe would block it
+    process = subprocess.Popen([sys.executable, "-I", "-c", code], cwd=cwd, text=True, stdout=stdout, stderr=stderr,
+                               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+
+    def json_answer():
+        process.wait(timeout=600)
+        printed, errors = (stream.seek(0) or stream.read() for stream in (stdout, stderr))
+        assert process.returncode == 0, errors[-3000:]
+        return json.loads(printed.strip().splitlines()[-1])
+    return json_answer
+
+
+def start_pipeline(model_id: str, images: list, cwd):
+    """transformers' pipeline over `images` in a clean Python (`start_clean_python`): its answers, a list of
+    [{label, score, ...}] per image, once the returned function is called."""
     code = ("import json, sys\n"
             "try:\n    import serving\n    sys.exit('serving is importable: not a clean process')\n"
             "except ImportError:\n    pass\n"
             "from transformers import pipeline\n"
             f"classify = pipeline('image-classification', model={model_id!r}, trust_remote_code=True)\n"
             f"print(json.dumps([classify(p) for p in {[str(p) for p in images]!r}]))\n")
-    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600,
-                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return start_clean_python(code, cwd)
 
 
 def data_url(path, mime: str) -> str:
@@ -232,6 +247,11 @@ def app_url(served_run, tmp_path_factory):
            "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "w") as log_file:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log_file, stderr=log_file)
+    # While the app imports Gradio, this process exports the served model into the session's export cache, where the
+    # app finds it instead of exporting it again (serving/export_cache.py; the later ONNX Runtime tests read it too)
+    from serving import PneumoniaClassifier, Predictor
+
+    Predictor(PneumoniaClassifier.from_pretrained(output_dir / "best"))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     while True:

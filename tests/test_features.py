@@ -15,7 +15,7 @@ from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR
 from trainer.config import parse_config
 from trainer.data import load_chest_xray, make_loader, split_by_patient, train_transform
 from trainer.evaluation import main as evaluation
-from trainer.features import EXPORTS, CachedViews, Extractor, cache_key
+from trainer.features import CachedViews, Extractor, cache_key
 from trainer.model import model_for_training
 from trainer.train import feature_loaders, main
 
@@ -64,9 +64,9 @@ def test_a_second_run_reuses_the_cache_without_extracting_and_trains_the_same_he
     main([*quick, "--cache_views", "1", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "earlier")])
     main([*quick, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "first")])
     files = sorted(p.name for p in cache.iterdir())
-    # K=1's un-augmented view serves the guard; K=2 caches the guard's un-augmented images besides its views; the
-    # backbone's ONNX export is kept beside them
-    assert [f.split("-")[0] for f in files] == ["backbone", "guard", "train", "train", "validation"]
+    # K=1's un-augmented view serves the guard; K=2 caches the guard's un-augmented images besides its views (the
+    # backbone's ONNX export is in the export cache, shared by every run: serving/export_cache.py)
+    assert [f.split("-")[0] for f in files] == ["guard", "train", "train", "validation"]
 
     passes = []
     extract = Extractor.__call__
@@ -77,11 +77,10 @@ def test_a_second_run_reuses_the_cache_without_extracting_and_trains_the_same_he
 
     monkeypatch.setattr("trainer.features.Extractor.__call__", recording)
     exports = []
-    monkeypatch.setattr("trainer.features.onnx_bytes", lambda *args: exports.append(args))
-    EXPORTS.clear()  # this process's copy: the second run must find the exported graph in the cache folder
+    monkeypatch.setattr("serving.runtime.export_onnx", lambda *args: exports.append(args))
     main([*quick, "--cache_views", "2", "--cache_dir", str(cache), "--output_dir", str(tmp_path / "second")])
     # The guard's statistics came from the cache too: the only pass over images is the test set's, and its graph was
-    # read from the cache, not exported again
+    # read from the export cache, not exported again
     assert passes == ["test"] and exports == []
     assert sorted(p.name for p in cache.iterdir()) == files
     first, second = head_weights(tmp_path / "first"), head_weights(tmp_path / "second")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from serving.model import load_model
 from serving.predictor import Predictor
-from tests.conftest import SAMPLE_DIR, cli_error, pipeline_answers, sample_images
+from tests.conftest import SAMPLE_DIR, cli_error, sample_images, start_pipeline
 from tests.hub_server import TOKEN, USER
 from trainer.push import push_run
 from trainer.recalibrate import main as recalibrate
@@ -45,12 +45,13 @@ def test_the_saved_operating_point_meets_the_strategy_on_the_site_through_every_
     """sensitivity:0.9 on the site: the recalibrated model, as the app's predictor and the transformers pipeline
     load it, calls at least 90% of the site's PNEUMONIA images PNEUMONIA, with the same decisions."""
     _, output_dir, _ = recalibrated
-    predictor = Predictor(load_model(str(output_dir / "best")))
     pneumonia = sorted((SITE / "PNEUMONIA").glob("*.jpeg"))
+    checked = pneumonia[:6] + sample_images("test", "NORMAL", 6)
+    pipeline_answers = start_pipeline(str(output_dir / "best"), checked, cwd=tmp_path)  # runs beside the predictor
+    predictor = Predictor(load_model(str(output_dir / "best")))
     decisions = [predictor.analyse(path).decision for path in pneumonia]
     assert decisions.count("PNEUMONIA") / len(pneumonia) >= 0.9
-    checked = pneumonia[:6] + sample_images("test", "NORMAL", 6)
-    answers = pipeline_answers(str(output_dir / "best"), checked, cwd=tmp_path)
+    answers = pipeline_answers()
     assert [answer[0]["label"] for answer in answers] == [predictor.analyse(path).decision for path in checked]
 
 

@@ -6,7 +6,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,20 +35,28 @@ def comparable(output_dir):
     return results
 
 
+def stop_after_epoch_3(process: subprocess.Popen, log: Path) -> None:
+    """A real SIGTERM, as a batch scheduler sends it, once the run's log shows its third epoch."""
+    deadline = time.monotonic() + 300
+    while "epoch 3:" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_state_that_resumes_to_the_uninterrupted_result(tmp_path, run):
-    main([*run, "--output_dir", str(tmp_path / "straight")])
-    assert len(list((tmp_path / "straight" / "checkpoints").iterdir())) == 2  # --checkpoint_total_limit
-
+    """The interrupted run is a new Python; the uninterrupted one trains in this process meanwhile (they share the
+    feature cache, whose files are written whole, then renamed)."""
     log = tmp_path / "interrupted.log"
     with open(log, "w") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "trainer", *run, "--output_dir", str(tmp_path / "resumed")],
                                    cwd=REPO_ROOT, stdout=log_file, stderr=log_file,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + 300
-    while "epoch 3:" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
+    interrupter = threading.Thread(target=stop_after_epoch_3, args=(process, log))
+    interrupter.start()
+    main([*run, "--output_dir", str(tmp_path / "straight")])
+    assert len(list((tmp_path / "straight" / "checkpoints").iterdir())) == 2  # --checkpoint_total_limit
+    interrupter.join()
     assert process.wait(timeout=120) == 1, log.read_text()[-2000:]
     assert "Stopped by a signal" in log.read_text() and "--resume_from_checkpoint latest" in log.read_text()
     assert not (tmp_path / "resumed" / "all_results.json").exists()

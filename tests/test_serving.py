@@ -20,7 +20,7 @@ from serving import InputImageError, NotAChestXray, PneumoniaClassifier, Predict
 from serving.heatmap import grad_cam, upsample
 from serving.upload import diagnose
 from tests.app_inputs import bad_uploads, dicom_variants, non_xray_files
-from tests.conftest import REPO_ROOT, SAMPLE_DIR, data_url, mcp_session, pipeline_answers, sample_images
+from tests.conftest import REPO_ROOT, SAMPLE_DIR, data_url, mcp_session, sample_images, start_pipeline
 from trainer.model import model_for_training
 from trainer.predict import main as predict
 
@@ -81,7 +81,12 @@ def test_every_entry_point_gives_one_answer_at_a_threshold_far_from_half_and_non
     NOT_A_CHEST_XRAY (or the Space's sentence, or NotAChestXray) everywhere, NORMAL or PNEUMONIA nowhere."""
     assert served_model.threshold == pytest.approx(0.8)
     non_xrays = {str(p): name for name, p in non_xray_files(tmp_path / "not_xrays").items()}
-    project = {str(p): served_predictor.analyse(p) for p in [*TEST_IMAGES, *non_xrays]}
+    images = [*map(str, TEST_IMAGES), *non_xrays]
+    # The Hub model through transformers alone (it reads bitmaps: the CT slice as the project renders it), in a new
+    # Python that runs while this one asks the other entry points
+    as_bitmaps = [path if Path(path).suffix != ".dcm" else png_of(path, tmp_path) for path in images]
+    pipeline_answers = start_pipeline(pushed_served_model, as_bitmaps, tmp_path)
+    project = {path: served_predictor.analyse(path) for path in images}
     between = [p for p, answer in project.items() if answer.looks_like_xray
                and 0.5 <= answer.probabilities["PNEUMONIA"] < served_model.threshold]
     assert between, "no image lies between 0.5 and the threshold: the test could not tell argmax from decision"
@@ -101,20 +106,22 @@ def test_every_entry_point_gives_one_answer_at_a_threshold_far_from_half_and_non
              "--output", str(output)])
     cli = {row["path"]: row["prediction"] for row in csv.DictReader(output.open())}
 
-    # The Space (what a visitor sees first: the label's heading and the decision text)
-    def ask(path):
-        label, decision, comparison, _ = Client(app_url, verbose=False).predict(handle_file(path), api_name="/predict")
+    # The Space (what a visitor sees first: the label's heading and the decision text), every request submitted at
+    # once by one client as gradio_client does it; the app answers four at a time
+    def shown(path, job):
+        label, decision, comparison, _ = job.result()
         if decision.startswith("**This does not look like a chest X-ray.**"):
             assert comparison is None and (label is None or not label.get("confidences")), path
             return "NOT_A_CHEST_XRAY"
         assert f"Model output: {label['label']}" in decision
         return label["label"]
 
-    with ThreadPoolExecutor(4) as pool:
-        app = dict(zip(project, pool.map(ask, project)))
+    client = Client(app_url, verbose=False)
+    jobs = {path: client.submit(handle_file(path), api_name="/predict") for path in project}
+    app = {path: shown(path, job) for path, job in jobs.items()}
 
     # The Space's screening tab, all images in one request
-    table, _ = Client(app_url, verbose=False).predict([handle_file(p) for p in project], api_name="/screen")
+    table, _ = client.predict([handle_file(p) for p in project], api_name="/screen")
     screened = dict(zip(project, (row[1] for row in table["data"])))
 
     # The Space's MCP tool, as an agent calls it
@@ -126,9 +133,7 @@ def test_every_entry_point_gives_one_answer_at_a_threshold_far_from_half_and_non
         assert not result.isError and "does not look like a chest X-ray" in result.content[0].text
         assert "Model output" not in result.content[0].text
 
-    # The Hub model through transformers alone (it reads bitmaps: the CT slice as the project renders it)
-    as_bitmaps = [path if Path(path).suffix != ".dcm" else png_of(path, tmp_path) for path in project]
-    pipeline = dict(zip(project, pipeline_answers(pushed_served_model, as_bitmaps, tmp_path)))
+    pipeline = dict(zip(images, pipeline_answers()))
 
     for path, answer in project.items():
         assert cli[path] == app[path] == screened[path] == pipeline[path][0]["label"] == answer.decision, path

@@ -32,10 +32,10 @@ def load_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(METRIC_PATH))
 
 
-def predict_logits(model, loader, accelerator: Accelerator, engine: str, cache_dir: Path | None = None) -> torch.Tensor:
+def predict_logits(model, loader, accelerator: Accelerator, engine: str) -> torch.Tensor:
     """Logits of every sample once, in loader order, gathered across processes: the backbone through `engine`
-    (trainer/features.py; its ONNX export read from `cache_dir` when there), then the head."""
-    features, _ = Extractor(model, resolve_engine(engine, accelerator), cache_dir)(loader, accelerator, "test")
+    (trainer/features.py), then the head."""
+    features, _ = Extractor(model, resolve_engine(engine, accelerator))(loader, accelerator, "test")
     return head_logits(model, features, accelerator)
 
 
@@ -70,15 +70,14 @@ def write_json(data: dict, path: Path) -> None:
 
 
 def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: datasets.Dataset, test_dir: Path,
-                     output_dir: Path, batch_size: int, num_workers: int, engine: str = "auto",
-                     cache_dir: Path | None = None) -> dict:
+                     output_dir: Path, batch_size: int, num_workers: int, engine: str = "auto") -> dict:
     """Evaluate a saved model on the test split at its threshold and at 0.5, with intervals and plots.
 
     Writes per-image predictions and the ROC, PR and reliability plots; returns `test_` metrics.
     """
     model = load_model(str(model_dir)).to(accelerator.device)
     loader = accelerator.prepare(make_loader(test, model.transform, batch_size, False, num_workers))
-    labels, logits = np.array(test["label"]), predict_logits(model, loader, accelerator, engine, cache_dir)
+    labels, logits = np.array(test["label"]), predict_logits(model, loader, accelerator, engine)
     # Calibration and decision exactly as the app, the CLI and PneumoniaClassifier.predict make them
     predictor = Predictor(model, engine="eager")  # only its calibration and decision: the logits are made above
     scores = predictor.probabilities(logits)[:, 1].numpy()

@@ -66,13 +66,13 @@ def channels_last(module: torch.nn.Module):
 class FeaturesAndStatistics(nn.Module):
     """One backbone pass: pooled features (N, D) and the guard's per-stage statistics (N, S), concatenated."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.model = model
+        self.backbone = backbone
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        final, stages = self.model.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
-        return torch.cat([self.model.backbone.forward_head(final), stage_statistics(stages)], dim=1)
+        final, stages = self.backbone.forward_intermediates(pixel_values, indices=GUARD_STAGES)
+        return torch.cat([self.backbone.forward_head(final), stage_statistics(stages)], dim=1)
 
 
 def backbone_digest(model) -> str:
@@ -84,30 +84,12 @@ def backbone_digest(model) -> str:
     return digest.hexdigest()
 
 
-EXPORTS: dict[str, bytes] = {}  # backbone digest and input size -> ONNX graph; the frozen backbone is exported once per process
-
-
-def exported_backbone(model, cache_dir: Path | None = None) -> bytes:
-    """`FeaturesAndStatistics(model)` as ONNX. The ~10 s export is shared by every pass over the same weights in this
-    process (the cache, the guard's pass, the test set) and, with `cache_dir` (the feature cache's folder), by later
-    runs too: a resumed run or a rerun on a warm feature cache loads the graph instead of exporting it again."""
-    key = f"{type(model.backbone).__name__} {backbone_digest(model)} {model.preprocessing['input_size']}"
-    path = cache_dir / f"backbone-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx" if cache_dir else None
-    if key not in EXPORTS:
-        if path is not None and path.is_file():
-            exported = path.read_bytes()
-        else:
-            on_cpu = copy.deepcopy(model).cpu()  # the model itself stays on its device
-            exported = onnx_bytes(FeaturesAndStatistics(on_cpu), on_cpu.preprocessing["input_size"],
-                                  ["features_and_statistics"])
-        EXPORTS.clear()
-        EXPORTS[key] = exported
-    if path is not None and not path.is_file():  # written whole, then renamed: a process never reads half a file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(EXPORTS[key])
-        partial.replace(path)
-    return EXPORTS[key]
+def exported_backbone(model) -> bytes:
+    """`FeaturesAndStatistics` of the model's backbone as ONNX (exported from a CPU copy when the model is elsewhere).
+    The backbone is frozen, so the ~10 s export is made once and read from the export cache
+    (serving/export_cache.py) by the run's later passes (the guard's, the test set's) and by later runs."""
+    backbone = model.backbone if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model.backbone).cpu()
+    return onnx_bytes(FeaturesAndStatistics(backbone), model.preprocessing["input_size"], ["features_and_statistics"])
 
 
 def resolve_engine(requested: str, accelerator: Accelerator) -> str:
@@ -120,14 +102,15 @@ def resolve_engine(requested: str, accelerator: Accelerator) -> str:
 
 class Extractor:
     """Features and guard statistics of every sample of a loader, through the chosen engine (ONNX Runtime runs on
-    the CPU with this process's torch thread count; its graph is exported at first use, or read from `cache_dir`)."""
+    the CPU with this process's torch thread count; its graph is exported at first use, or read from the export
+    cache)."""
 
-    def __init__(self, model, engine: str, cache_dir: Path | None = None):
-        self.model, self.engine, self.cache_dir = model, engine, cache_dir
+    def __init__(self, model, engine: str):
+        self.model, self.engine = model, engine
 
     @cached_property
     def session(self) -> onnxruntime.InferenceSession:
-        return onnx_session(exported_backbone(self.model, self.cache_dir), threads=torch.get_num_threads())
+        return onnx_session(exported_backbone(self.model), threads=torch.get_num_threads())
 
     def run_onnx(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixels = np.ascontiguousarray(pixel_values.cpu().numpy())  # NCHW, whatever the strides said
@@ -141,7 +124,7 @@ class Extractor:
             both = gather_outputs(self.run_onnx, loader, accelerator, description)
         else:
             with channels_last(model):
-                both = gather_outputs(FeaturesAndStatistics(model), loader, accelerator, description)
+                both = gather_outputs(FeaturesAndStatistics(model.backbone), loader, accelerator, description)
         return np.split(both, [model.backbone.num_features], axis=1)
 
 
@@ -186,9 +169,11 @@ def cached_features(split: datasets.Dataset, name: str, views: int, transform, c
         features.append(torch.from_numpy(view_features))
         statistics = torch.from_numpy(view_statistics) if statistics is None else statistics
     cached = {"features": torch.stack(features), "statistics": statistics.contiguous()}
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # written whole, then renamed: a run sharing the folder never reads half a file
         cache_dir.mkdir(parents=True, exist_ok=True)
-        save_file(cached, path)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        save_file(cached, partial)
+        partial.replace(path)
     accelerator.wait_for_everyone()
     return cached
 

@@ -180,7 +180,7 @@ def feature_loaders(config: TrainingConfig, accelerator: Accelerator, model, spl
     training: of the validation images, and of un-augmented training images (the un-augmented view when there
     is one, else one more cached pass over up to GUARD_FIT_IMAGES of them)."""
     cache_dir = feature_cache_dir(config, output_dir)
-    extractor = Extractor(model, resolve_engine(config.extraction_engine, accelerator), cache_dir)
+    extractor = Extractor(model, resolve_engine(config.extraction_engine, accelerator))
     augment = config.augment and config.cache_views > 1  # K=1: one un-augmented view
     cached = {"train": cached_features(splits["train"], "train", config.cache_views if augment else 1,
                                        training_transform(config, model, augment), config, accelerator, cache_dir,
@@ -373,9 +373,7 @@ def main(argv=None) -> dict:
     # Evaluate the best model on the untouched test set
     test_dir = Path(config.dataset_name or config.data_dir) / "test"  # where test_predictions.json says images are
     results = evaluate_on_test(accelerator, output_dir / "best", splits["test"], test_dir, output_dir,
-                               config.per_device_eval_batch_size, config.num_workers,
-                               config.extraction_engine,
-                               feature_cache_dir(config, output_dir) if config.cache_views else None)
+                               config.per_device_eval_batch_size, config.num_workers, config.extraction_engine)
     results |= {"best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"],
                 "best_val_balanced_accuracy": best["balanced_accuracy"], "best_val_loss": best["loss"],
                 "metric_for_best_model": config.metric_for_best_model,
