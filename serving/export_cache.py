@@ -38,6 +38,8 @@ def source_files(module: nn.Module) -> list[Path]:
 
 
 def export_key(module: nn.Module, input_size: list[int], output_names: list[str]) -> str:
+    """sha256 (hex) of everything the export of `module` depends on (the module docstring's list); eval or training
+    mode aside, as the export is always made in eval mode."""
     digest = hashlib.sha256()
     versions = [version(package) for package in ("torch", "onnx", "onnxscript", "timm")]
     digest.update(repr((versions, list(input_size), list(output_names))).encode())

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from serving.guard import GUARD_STAGES, stage_statistics
@@ -92,6 +93,7 @@ def cache_training_views(data_dir, cache, *options):
     config = parse_config([*QUICK, *options, "--cache_dir", str(cache), "--output_dir", str(cache / "unused")])
     data = load_chest_xray(data_dir)
     train_split, val_split = split_by_patient(data["train"], config.val_fraction, config.seed)
+    set_seed(config.seed)  # as train() seeds before creating the model: every call gets the same backbone
     model = model_for_training(config.model_name, config.pretrained, config.head_hidden_dim, config.dropout)
     feature_loaders(config, Accelerator(), model, {"train": train_split, "validation": val_split}, cache)
 

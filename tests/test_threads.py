@@ -20,29 +20,38 @@ print("torch threads", torch.get_num_threads(), flush=True)
 CORES = len(os.sched_getaffinity(0))
 
 
-def launched_threads(tmp_path, launch_args: list[str], **env) -> tuple[list[int], str]:
-    """Thread counts printed by each launched process, and the launch's stderr."""
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
+def start_launch(probe, **env) -> subprocess.Popen:
     clean_env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    result = subprocess.run(["accelerate", "launch", *launch_args, str(probe)], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=300, env=clean_env | {"PYTHONPATH": str(REPO_ROOT)} | env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    counts = [int(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("torch threads")]
-    return counts, result.stderr
+    return subprocess.Popen(["accelerate", "launch", str(probe)], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=clean_env | {"PYTHONPATH": str(REPO_ROOT)} | env)
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory) -> dict[str, tuple[list[int], str]]:
+    """The README's command with nothing set and with OMP_NUM_THREADS=1 in the shell, both launched at once (each is
+    mostly one core importing torch): {name: (thread counts printed by each launched process, the launch's stderr)}."""
+    probe = tmp_path_factory.mktemp("threads") / "probe.py"
+    probe.write_text(PROBE)
+    started = {"nothing set": start_launch(probe), "set in the shell": start_launch(probe, OMP_NUM_THREADS="1")}
+    launched = {}
+    for name, process in started.items():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        launched[name] = [int(line.split()[-1]) for line in stdout.splitlines() if line.startswith("torch threads")], stderr
+    return launched
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(CORES < 2, reason="needs 2 cores to tell the cores from accelerate's default of 1")
-def test_the_readme_command_uses_every_core(tmp_path):
-    counts, log = launched_threads(tmp_path, [])
+def test_the_readme_command_uses_every_core(launches):
+    counts, log = launches["nothing set"]
     assert counts == [CORES]
     assert "accelerate launch set OMP_NUM_THREADS=1 by default" in log
 
 
 @pytest.mark.slow
-def test_a_thread_count_set_in_the_shell_is_kept(tmp_path):
-    counts, log = launched_threads(tmp_path, [], OMP_NUM_THREADS="1")
+def test_a_thread_count_set_in_the_shell_is_kept(launches):
+    counts, log = launches["set in the shell"]
     assert counts == [1] and "by default" not in log
 
 
