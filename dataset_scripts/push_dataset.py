@@ -22,6 +22,7 @@ from PIL import Image
 from serving.labels import LABELS
 from trainer.config import TrainingConfig
 from trainer.data import PATIENT_COLUMN, SPLIT_FOLDERS, DatasetLayoutError, load_chest_xray, make_splits, quiet_datasets
+from trainer.push import push_failure
 
 from .check_dataset import METHOD, cross_split_duplicates, split_images
 
@@ -108,8 +109,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         url = push_dataset(args.data_dir, args.repo_id, args.token, args.private, args.val_fraction, args.seed)
-    except (DatasetLayoutError, ValueError, HfHubHTTPError) as error:
+    except (DatasetLayoutError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except HfHubHTTPError as error:  # the folders are only read: running the command again loses nothing
+        print(f"error: {push_failure(error, args.repo_id, HfApi().endpoint, token_flag='--token')} The data in "
+              f"{args.data_dir} is unchanged; run the same command again once that is fixed.", file=sys.stderr)
         return 1
     print(f"pushed to {url}; train from it with: accelerate launch -m trainer --dataset_name {args.repo_id}")
     return 0

@@ -14,9 +14,10 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
 from huggingface_hub import constants
 from torch import nn
+
+from .fingerprint import update_with_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,7 @@ def export_key(module: nn.Module, input_size: list[int], output_names: list[str]
         settings = sorted((key, repr(value)) for key, value in vars(submodule).items()
                           if not key.startswith("_") and key != "training" and isinstance(value, PLAIN))
         digest.update(repr((name, type(submodule).__qualname__, settings)).encode())
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    update_with_tensors(digest, module)
     return digest.hexdigest()
 
 

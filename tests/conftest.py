@@ -76,12 +76,12 @@ def confidences(label_output: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in label_output["confidences"]}
 
 
-def start_clean_python(code: str, cwd):
+def start_clean_python(code: str, cwd, env: dict | None = None):
     """`python -I -c code` started now, in a process whose import path holds no part of this repository, so that the
     test works on meanwhile; returns a function that waits for it and returns the JSON its last line printed."""
     stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # a full pipe would block it
     process = subprocess.Popen([sys.executable, "-I", "-c", code], cwd=cwd, text=True, stdout=stdout, stderr=stderr,
-                               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                               env=env or {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
     def json_answer():
         process.wait(timeout=600)

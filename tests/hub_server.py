@@ -4,8 +4,11 @@ huggingface.co cannot be reached from our machines and no Hub-compatible server 
 so the tests point the real `huggingface_hub` client (HF_ENDPOINT) at this one. It implements only
 the calls the client makes for create_repo / upload_folder / snapshot_download / hf_hub_download /
 Space variables, and answers them as the Hub does, errors included (401 without a valid token on
-writes, 404 with X-Error-Code for missing repos, revisions and files, 409 with `url` for an existing
-repo). It stores what it is sent and checks every LFS upload's sha256.
+writes, 403 for a write to a namespace the token's user does not own, 404 with X-Error-Code for missing
+repos, revisions and files, 409 with `url` for an existing repo). It stores what it is sent and checks
+every LFS upload's sha256. As huggingface.co, it does not serve large (LFS) files itself: `resolve/`
+answers 302 to a second loopback origin, the storage host, which sends the file with the storage
+host's CORS headers.
 
     python -m tests.hub_server --port 8765      # run it by hand; token: hf_test_token
 """
@@ -25,6 +28,12 @@ import yaml
 
 TOKEN = "hf_test_token"
 USER = "test-user"
+# A second account: its token reads everything public but may write only under its own name.
+OTHER_TOKEN = "hf_other_token"
+OTHER_USER = "other-user"
+# timm's organisation, so that a test can publish ImageNet-style weights where timm's models look for them.
+TIMM_TOKEN = "hf_timm_token"
+USERS = {TOKEN: USER, OTHER_TOKEN: OTHER_USER, TIMM_TOKEN: "timm"}
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".png", ".jpg", ".jpeg", ".dcm", ".zip")
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
@@ -120,6 +129,7 @@ def check_model_index(metadata: dict) -> None:
 class HubHandler(BaseHTTPRequestHandler):
     server_version = "TestHub/1.0"
     state: HubState  # set by `make_server`
+    storage_url: str  # the storage host's origin, set by `make_server`
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -153,16 +163,28 @@ class HubHandler(BaseHTTPRequestHandler):
     def base_url(self) -> str:
         return f"http://{self.headers['Host']}"
 
+    def user(self) -> str | None:
+        """The account the request's token belongs to (None without a valid token)."""
+        return USERS.get(self.headers.get("Authorization", "").removeprefix("Bearer "))
+
     def authorised(self) -> bool:
-        return self.headers.get("Authorization", "") == f"Bearer {TOKEN}"
+        return self.user() is not None
 
     def require_token(self) -> None:
         if not self.authorised():
             raise HubError(401, "Invalid credentials in Authorization header")
 
+    def require_write(self, repo_id: str, repo_type: str = "model") -> None:
+        """401 without a valid token; 403, as the Hub answers, for a namespace that is not the token's user's."""
+        self.require_token()
+        namespace = repo_id.split("/")[0]
+        if namespace != self.user():
+            raise HubError(403, f'You don\'t have the rights to write to the {repo_type} "{repo_id}": the namespace '
+                                f'"{namespace}" is not yours ({self.user()})', "Forbidden")
+
     def repo(self, repo_type: str, repo_id: str) -> Repo:
         repo = self.state.repos.get((repo_type, repo_id))
-        if repo is None or (repo.private and not self.authorised()):
+        if repo is None or (repo.private and repo_id.split("/")[0] != self.user()):
             raise HubError(404 if self.authorised() else 401, "Repository not found", "RepoNotFound")
         return repo
 
@@ -206,14 +228,15 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def whoami(self, query):
         self.require_token()
-        self.send(200, {"type": "user", "name": USER, "fullname": "Test User", "orgs": [],
+        self.send(200, {"type": "user", "name": self.user(), "fullname": "Test User", "orgs": [],
                         "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}}})
 
     def create_repo(self, query):
         self.require_token()
         payload = json.loads(self.read_body())
         repo_type = payload.get("type") or "model"
-        repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
+        repo_id = f"{payload.get('organization') or self.user()}/{payload['name']}"
+        self.require_write(repo_id, repo_type)
         url = f"{self.base_url()}/{TYPE_PREFIX[repo_type]}{repo_id}"
         if (repo_type, repo_id) in self.state.repos:
             raise HubError(409, "You already created this repo", extra={"url": url})
@@ -293,7 +316,7 @@ class HubHandler(BaseHTTPRequestHandler):
                         "tags": [], "converts": []})
 
     def preupload(self, query, type_plural, repo_id, revision):
-        self.require_token()
+        self.require_write(repo_id, type_plural[:-1])
         self.commit(self.repo(type_plural[:-1], repo_id), revision)
         files = json.loads(self.read_body())["files"]
         modes = []
@@ -304,8 +327,8 @@ class HubHandler(BaseHTTPRequestHandler):
         self.send(200, {"files": modes, "commitOid": None})
 
     def lfs_batch(self, query, type_prefix, repo_id):
-        self.require_token()
         repo_type = {"": "model", "datasets/": "dataset", "spaces/": "space"}[type_prefix or ""]
+        self.require_write(repo_id, repo_type)
         self.repo(repo_type, repo_id)
         request = json.loads(self.read_body())
         objects = []
@@ -325,7 +348,7 @@ class HubHandler(BaseHTTPRequestHandler):
         self.send(200)
 
     def create_commit(self, query, type_plural, repo_id, revision):
-        self.require_token()
+        self.require_write(repo_id, type_plural[:-1])
         repo = self.repo(type_plural[:-1], repo_id)
         parent = self.commit(repo, revision)
         files, summary = dict(parent.files), "Upload files"
@@ -360,15 +383,18 @@ class HubHandler(BaseHTTPRequestHandler):
         stored = commit.files.get(unquote(path))
         if stored is None:
             raise HubError(404, f"Entry not found: {unquote(path)}", "EntryNotFound")
-        content = self.state.lfs[stored.lfs_oid] if stored.lfs_oid else stored.content
         headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{stored.blob_id}"', "Accept-Ranges": "bytes",
-                   "Access-Control-Allow-Origin": "*"}  # as huggingface.co: web pages fetch models (private mode)
-        if stored.lfs_oid:
-            headers |= {"X-Linked-Etag": f'"{stored.lfs_oid}"', "X-Linked-Size": stored.size}
-        self.send(200, content, headers, head_only=self.command == "HEAD")
+                   "Access-Control-Allow-Origin": "*",  # as huggingface.co: web pages fetch models (private mode)
+                   "Access-Control-Expose-Headers": "X-Repo-Commit, X-Linked-Etag, X-Linked-Size, ETag, Location"}
+        if stored.lfs_oid:  # as huggingface.co: a large file is a redirect to the storage host, metadata on the 302
+            headers |= {"X-Linked-Etag": f'"{stored.lfs_oid}"', "X-Linked-Size": stored.size,
+                        "Location": f"{self.storage_url}/lfs/{stored.lfs_oid}?expires=3600"}
+            self.send(302, b"", headers, head_only=self.command == "HEAD")
+            return
+        self.send(200, stored.content, headers, head_only=self.command == "HEAD")
 
     def add_variable(self, query, repo_id):
-        self.require_token()
+        self.require_write(repo_id, "space")
         repo = self.repo("space", repo_id)
         payload = json.loads(self.read_body())
         repo.variables[payload["key"]] = {"value": payload["value"], "description": payload.get("description"),
@@ -404,11 +430,56 @@ ROUTES = [
 ]
 
 
-def make_server(port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """A server with fresh, empty state; call `serve_forever()` (e.g. in a thread) to run it."""
-    handler = type("BoundHubHandler", (HubHandler,), {"state": HubState()})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.state = handler.state
+class StorageHandler(BaseHTTPRequestHandler):
+    """The storage host that `resolve/` redirects large files to: the bytes, with the CORS headers that
+    huggingface.co's storage hosts send (any origin may read them), and no Hub API at all."""
+
+    server_version = "TestHubStorage/1.0"
+    state: HubState
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        match = re.fullmatch(r"/lfs/([0-9a-f]{64})", urlparse(self.path).path)
+        content = self.state.lfs.get(match.group(1)) if match else None
+        self.send_response(200 if content is not None else 404)
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Expose-Headers", "Content-Length, ETag")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(content or b"")))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(content or b"")
+
+    do_HEAD = do_GET
+
+
+class HubServer(ThreadingHTTPServer):
+    """The Hub's API on one port and its storage host on another; serve_forever and shutdown run both."""
+
+    def __init__(self, address, handler, storage: ThreadingHTTPServer):
+        super().__init__(address, handler)
+        self.storage = storage
+
+    def serve_forever(self, poll_interval=0.5):
+        threading.Thread(target=self.storage.serve_forever, daemon=True).start()
+        super().serve_forever(poll_interval)
+
+    def shutdown(self):
+        self.storage.shutdown()
+        super().shutdown()
+
+
+def make_server(port: int = 0, host: str = "127.0.0.1") -> HubServer:
+    """A server with fresh, empty state and its storage host on a free port; call `serve_forever()` (e.g. in a
+    thread) to run both."""
+    state = HubState()
+    storage = ThreadingHTTPServer((host, 0), type("BoundStorageHandler", (StorageHandler,), {"state": state}))
+    storage_url = f"http://{host}:{storage.server_address[1]}"
+    handler = type("BoundHubHandler", (HubHandler,), {"state": state, "storage_url": storage_url})
+    server = HubServer((host, port), handler, storage)
+    server.state = state
     return server
 
 

@@ -73,6 +73,11 @@ def hub_endpoint(hub) -> str:
     return f"http://127.0.0.1:{hub.server_port}"
 
 
+def storage_origin(hub) -> str:
+    """The test Hub's storage host, where `resolve/` redirects large files such as onnx/model.onnx."""
+    return f"http://127.0.0.1:{hub.storage.server_port}"
+
+
 def test_the_site_written_to_a_folder_is_the_one_the_space_gets(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     push_space_main(["--static", "--local_dir", "site", "--hub_model_id", "someone/model"])
@@ -86,7 +91,10 @@ def test_the_site_written_to_a_folder_is_the_one_the_space_gets(tmp_path, monkey
 
 def test_the_page_may_fetch_only_from_the_hub_and_its_file_hosts():
     assert model_hosts("https://huggingface.co/") == "https://huggingface.co https://*.huggingface.co https://*.hf.co"
+    assert (model_hosts("https://huggingface.co/", "https://cas-bridge.xethub.hf.co")
+            == "https://huggingface.co https://cas-bridge.xethub.hf.co https://*.huggingface.co https://*.hf.co")
     assert model_hosts("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
+    assert model_hosts("http://127.0.0.1:8765", "http://127.0.0.1:8766") == "http://127.0.0.1:8765 http://127.0.0.1:8766"
 
 
 def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pushed_served_model, tmp_path):
@@ -98,12 +106,13 @@ def test_the_static_space_is_the_page_its_runtime_and_where_the_model_is(hub, pu
     assert "not for clinical use" in card.text
     assert json.loads((site / "model_repo.json").read_text()) == {
         "endpoint": hub_endpoint(hub), "model_id": pushed_served_model, "revision": "main"}
+    hosts = f"{hub_endpoint(hub)} {storage_origin(hub)}"  # the storage host, read from the redirect at deploy time
     for name in PAGE_FILES:  # the vendored runtime included: the page loads nothing from a CDN
-        assert (site / name).read_bytes() == page_file(name, hub_endpoint(hub)), name
+        assert (site / name).read_bytes() == page_file(name, hosts), name
     page_code = "".join((PRIVATE_MODE / name).read_text() for name in ("index.html", "app.js", "preprocessing.js",
                                                                         "dicom.js"))
     assert "http:" not in page_code and "https:" not in page_code  # no absolute URL: own files + model_repo.json
-    assert f"connect-src 'self' {hub_endpoint(hub)};" in (site / "index.html").read_text()
+    assert f"connect-src 'self' {hosts};" in (site / "index.html").read_text()
 
 
 NODE = shutil.which("node")
@@ -224,9 +233,11 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
     assert np.abs(drawn.astype(np.int16) - python).mean() < 1.0
 
     # Only the page's own files and the model repo's files were requested: the images went nowhere.
-    model_files = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/"
-    assert {url for url in requests if not url.startswith((page_url, model_files))} <= {f"{elsewhere}/upload"}
+    # The graph itself comes from the storage host the Hub redirects it to, as on huggingface.co.
+    model_files, stored = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/", f"{storage_origin(hub)}/lfs/"
+    assert {url for url in requests if not url.startswith((page_url, model_files, stored))} <= {f"{elsewhere}/upload"}
     assert {model_files + "main/onnx/model.onnx", model_files + "main/onnx/config.json"} <= set(requests)
+    assert any(url.startswith(stored) for url in requests)
 
 
 @pytest.mark.browser
@@ -261,8 +272,8 @@ def test_served_cross_origin_isolated_the_page_runs_on_every_core_with_the_same_
         expected = served_predictor.analyse(path)
         assert float(answer["pneumonia"]) == pytest.approx(expected.probabilities["PNEUMONIA"], abs=0.01), path.name
         assert answer["decision"] == expected.decision, path.name
-    model_files = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/"
-    assert {request for request in requests if not request.startswith((url, model_files))} == set()
+    model_files, stored = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/", f"{storage_origin(hub)}/lfs/"
+    assert {request for request in requests if not request.startswith((url, model_files, stored))} == set()
 
 
 @pytest.mark.browser
@@ -307,5 +318,5 @@ def test_the_page_reads_dicom_with_the_python_readers_pixels_and_answers(page_ur
         assert float(answer["pneumonia"]) == pytest.approx(raw, abs=0.01), path.name
     assert {answers[path]["decision"] for path in readable[:3]} <= {"NORMAL", "PNEUMONIA"}
     assert answers[readable[3]]["decision"] == "NOT_A_CHEST_XRAY"  # the CT slice
-    model_files = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/"
-    assert {url for url in requests if not url.startswith((page_url, model_files))} == set()  # the files went nowhere
+    model_files, stored = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/", f"{storage_origin(hub)}/lfs/"
+    assert {url for url in requests if not url.startswith((page_url, model_files, stored))} == set()  # went nowhere

@@ -1,15 +1,18 @@
 """A fresh model for training: the serving architecture (serving/model.py) with ImageNet weights in its backbone,
-downloaded from the Hub or read from a local file (`--pretrained_weights`, for machines without internet)."""
+timm's own from the Hub (downloaded once into the Hugging Face cache) or read from a local file
+(`--pretrained_weights`, for machines without internet); the same loader checks both."""
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
-from huggingface_hub import constants, get_session, try_to_load_from_cache
+from huggingface_hub import constants, get_session, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
 
-from serving.model import PneumoniaClassifier, frozen_backbone
+from serving.model import PneumoniaClassifier
 from serving.preprocessing import preprocessing_config
 
 # What `hf download timm/<model>` and the torchvision / timm releases hold, in order of preference.
@@ -37,20 +40,37 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def imagenet_backbone(model_name: str) -> nn.Module:
-    """The frozen backbone with ImageNet weights from the Hub, or a clear error at once when they cannot be had."""
+@dataclass
+class HubWeights:
+    """ImageNet weights downloaded from the Hub: the file in the local cache, and the repo and commit it came from."""
+
+    path: Path
+    repo_id: str
+    revision: str
+
+
+def imagenet_weights_from_hub(model_name: str) -> HubWeights:
+    """timm's default ImageNet weights of `model_name` (its `hf_hub_id` repo), from the Hub or the local cache; a clear
+    error at once when they cannot be had."""
+    repo_id = timm.models.get_pretrained_cfg(model_name).hf_hub_id
     advice = ("Check the network, pass --pretrained_weights FILE_OR_FOLDER with weights downloaded elsewhere, or "
               "--no_pretrained to train from random initialisation.")
     if not weights_cached(model_name) and (constants.HF_HUB_OFFLINE or not hub_reachable()):
         raise PretrainedWeightsUnavailable(
             f"ImageNet weights for {model_name!r} are not in the local cache and the Hub ({constants.ENDPOINT}) "
             f"is {'disabled by HF_HUB_OFFLINE' if constants.HF_HUB_OFFLINE else 'unreachable'}. {advice}")
-    try:
-        return frozen_backbone(model_name, pretrained=True)
-    except Exception as error:  # timm and huggingface_hub raise many network and cache error types
-        raise PretrainedWeightsUnavailable(
-            f"Could not load ImageNet weights for {model_name!r} ({type(error).__name__}: {error}). {advice}"
-        ) from error
+    for name in WEIGHT_FILES:
+        try:
+            path = Path(hf_hub_download(repo_id, name))
+        except EntryNotFoundError:
+            continue
+        except Exception as error:  # huggingface_hub raises many network and cache error types
+            raise PretrainedWeightsUnavailable(
+                f"Could not download ImageNet weights for {model_name!r} from {repo_id} ({type(error).__name__}: "
+                f"{' '.join(str(error).split())}). {advice}") from error
+        return HubWeights(path, repo_id, revision=path.parent.name)  # the cache's layout: snapshots/<commit>/<file>
+    raise PretrainedWeightsUnavailable(f"{repo_id} on {constants.ENDPOINT} holds none of {', '.join(WEIGHT_FILES)}. "
+                                       f"{advice}")
 
 
 def weights_file(path: str | Path, model_name: str) -> Path:
@@ -110,8 +130,8 @@ def model_for_training(model_name: str, pretrained: bool, head_hidden_dim: int, 
     `weights` when given (never touching the network), else from the Hub."""
     model = PneumoniaClassifier(model_name, head_hidden_dim, dropout, preprocessing=preprocessing_config(model_name),
                                 imagenet_weights=pretrained)
+    if pretrained and weights is None:
+        weights = imagenet_weights_from_hub(model_name).path
     if weights is not None:
         load_backbone_weights(model.backbone, weights, model_name)
-    elif pretrained:
-        model.backbone.load_state_dict(imagenet_backbone(model_name).state_dict())
     return model

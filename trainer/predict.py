@@ -16,7 +16,10 @@ Under `accelerate launch` each process takes every N-th file and decodes in its 
 CSV with exactly the rows, in the same order, that one process writes. Rows are flushed as they are made, and the
 output CSV is the record of what is done: the same command run again after an interruption (Ctrl-C, SIGTERM, a lost
 node) predicts only the missing files, keeps the rows already there as they are, and ends with every row exactly
-once; --overwrite starts afresh. With --heatmaps, one PNG per chest X-ray: the Grad-CAM map of the decision over the
+once; --overwrite starts afresh. An output belongs to one model: OUTPUT.model.json beside it records the model
+that wrote it (its id, the sha256 of its weights and buffers, its operating point), and a run with another model
+(retrained, recalibrated), or into an output without that record, stops before predicting anything: use
+--overwrite, or another --output. With --heatmaps, one PNG per chest X-ray: the Grad-CAM map of the decision over the
 image as the model sees it. Inference runs through ONNX Runtime on a CPU (serving/runtime.py) unless --eager.
 Research demo, not for clinical use.
 """
@@ -24,6 +27,7 @@ Research demo, not for clinical use.
 import argparse
 import csv
 import io
+import json
 import logging
 import sys
 from pathlib import Path
@@ -31,6 +35,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from serving.batch import csv_columns, predict_stream
+from serving.fingerprint import weights_sha256
 from serving.images import ArchiveWalk, InputImageError
 from serving.labels import NOT_A_CHEST_XRAY
 from serving.model import ModelNotFound, add_model_argument, load_model
@@ -46,6 +51,46 @@ def part_file(output: Path, process: int) -> Path:
     return output.with_name(f".{output.name}.part{process}")
 
 
+def part_files(output: Path) -> list[Path]:
+    return sorted(output.parent.glob(f".{output.name}.part*"))
+
+
+def record_file(output: Path) -> Path:
+    """Where the record of the model that wrote `output` (and its part files) lies: beside it."""
+    return output.with_name(f"{output.name}.model.json")
+
+
+class ResultsOfAnotherModel(RuntimeError):
+    """The output holds rows that this model did not write; the message names the ways out."""
+
+
+def model_record(model, model_id: str) -> dict:
+    """What identifies the model behind a results file: its weights and buffers, and its operating point in words."""
+    return {"model": model_id, "weights_sha256": weights_sha256(model), "decision_threshold": model.threshold,
+            "temperature": float(model.temperature), "guard_limit": float(model.guard_threshold)}
+
+
+def check_same_model(output: Path, record: dict) -> None:
+    """ResultsOfAnotherModel unless every row already written to `output` (or its part files) is this model's."""
+    if not any(path.is_file() for path in [output, *part_files(output)]):
+        return
+    recorded = json.loads(record_file(output).read_text()) if record_file(output).is_file() else None
+    if recorded is not None and recorded["weights_sha256"] == record["weights_sha256"]:
+        return
+    writer = ("a model it has no record of (written before results files recorded their model)" if recorded is None
+              else f"another model ({recorded['model']}, weights sha256 {recorded['weights_sha256'][:12]})")
+    raise ResultsOfAnotherModel(
+        f"{output} holds rows written by {writer}, not by {record['model']} (weights sha256 "
+        f"{record['weights_sha256'][:12]}); nothing was predicted. Start it afresh with --overwrite, or write to "
+        f"another --output.")
+
+
+def write_record(output: Path, record: dict) -> None:
+    partial = record_file(output).with_suffix(".partial")
+    partial.write_text(json.dumps(record, indent=1))
+    partial.replace(record_file(output))
+
+
 def written_whole(path: Path) -> str:
     """A CSV file up to its last line end: a row cut short by an interruption is dropped ("" for no file)."""
     if not path.is_file():
@@ -58,7 +103,7 @@ def written_whole(path: Path) -> str:
 def rows_done(output: Path) -> dict[str, dict]:
     """{path: row} of the rows already written: the output CSV (as it stands) and every process's part file."""
     rows = {}
-    for written in [output, *sorted(output.parent.glob(f".{output.name}.part*"))]:
+    for written in [output, *part_files(output)]:
         rows |= {row["path"]: row for row in csv.DictReader(io.StringIO(written_whole(written)))}
     return rows
 
@@ -104,7 +149,7 @@ def merge(output: Path, walk: ArchiveWalk, columns: list[str]) -> tuple[list[dic
         writer.writeheader()
         writer.writerows(rows)
     partial.replace(output)
-    for part in output.parent.glob(f".{output.name}.part*"):
+    for part in part_files(output):
         part.unlink()
     return rows, skipped
 
@@ -141,11 +186,19 @@ def main(argv=None) -> None:
     except (InputImageError, ModelNotFound) as error:
         sys.exit(f"error: {error}")
     columns = csv_columns(model.labels, heatmaps=bool(args.heatmaps))
+    record = model_record(model, args.model)
+    if not args.overwrite:
+        try:  # every process checks before any writes: all of them stop, and nothing is predicted
+            check_same_model(args.output, record)
+        except ResultsOfAnotherModel as error:
+            sys.exit(f"error: {error}")
+    state.wait_for_everyone()
     if state.is_main_process:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         if args.overwrite:
-            for stale in [args.output, *args.output.parent.glob(f".{args.output.name}.part*")]:
+            for stale in [args.output, *part_files(args.output)]:
                 stale.unlink(missing_ok=True)
+        write_record(args.output, record)
         if args.heatmaps:
             args.heatmaps.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard
+from huggingface_hub.errors import HfHubHTTPError
 
 from serving import PneumoniaClassifier
 from serving.browser_model import browser_files
@@ -36,6 +37,19 @@ ENDPOINT_FILES = [Path(__file__).resolve().parent / "hub_files" / name for name 
 
 class PushError(RuntimeError):
     """A push that failed; the run in output_dir is untouched and the message says how to retry."""
+
+
+def push_failure(error: Exception, repo_id: str, endpoint: str, token_flag: str = "--hub_token") -> str:
+    """One line saying why a push to `repo_id` failed and, for the Hub's refusals, what to do about it."""
+    status = error.response.status_code if isinstance(error, HfHubHTTPError) and error.response is not None else None
+    # the Hub's error text spans several lines (the server's message, the URL, a hint): one line here
+    cause = " ".join(f"{type(error).__name__}: {error}".split())
+    way_out = {
+        401: f"The Hub did not accept the token: give a valid write token ({token_flag}, HF_TOKEN or `hf auth login`).",
+        403: f"The token may not write to {repo_id}: push to a repo under your own name or organisation, or use a "
+             f"token with write access to {repo_id} ({token_flag}).",
+    }.get(status, "")
+    return f"Push to {repo_id} on {endpoint} failed ({cause}). {way_out}".strip()
 
 
 def upload_operations(output_dir: Path, card: ModelCard) -> list[CommitOperationAdd]:
@@ -80,7 +94,7 @@ def push_run(output_dir: str | Path, model_id: str, token: str | None = None, pr
         operations += private_mode_operations(output_dir)
         commit = api.create_commit(repo_url.repo_id, operations, commit_message=commit_message)
     except Exception as error:  # network, auth, offline mode and server errors all end the same way
-        raise PushError(f"Push to {model_id} on {api.endpoint} failed ({type(error).__name__}: {error}). {retry}") from error
+        raise PushError(f"{push_failure(error, model_id, api.endpoint)} {retry}") from error
     card.save(output_dir / "best" / "README.md")  # best/ keeps the card the Hub has, naming the repo
     return commit
 

@@ -14,17 +14,20 @@ and the model repo whose onnx/ files the page downloads and runs in the visitor'
 
 import argparse
 import json
+import logging
 import re
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, SpaceCardData
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, SpaceCardData, get_hf_file_metadata, hf_hub_url
 
 from serving.upload import example_files
 
-from .push import PushError
+from .push import PushError, push_failure
 from .static_server import CROSS_ORIGIN_ISOLATION
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_REQUIREMENTS = REPO_ROOT / "requirements-space.txt"  # uploaded as the Space's requirements.txt
@@ -82,30 +85,50 @@ def model_repo_settings(endpoint: str, model_id: str) -> bytes:
     return json.dumps({"endpoint": endpoint.rstrip("/"), "model_id": model_id, "revision": "main"}, indent=1).encode()
 
 
-def model_hosts(endpoint: str) -> str:
-    """The origins the page may fetch from besides its own: the Hub, and on huggingface.co its file storage hosts
-    (large files redirect to *.hf.co / *.huggingface.co)."""
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(endpoint))
-    return f"{origin} https://*.huggingface.co https://*.hf.co" if origin == "https://huggingface.co" else origin
+def origin(url: str) -> str:
+    return "{0.scheme}://{0.netloc}".format(urlsplit(url))
 
 
-def page_file(name: str, endpoint: str) -> bytes:
-    """A page file as deployed: index.html's Content-Security-Policy names the Hub's origins."""
+def storage_origin(endpoint: str, model_id: str, token: str | None = None) -> str | None:
+    """Where the Hub redirects the model's large files (its storage host), read from the one redirect of
+    `resolve/main/onnx/model.onnx`; None when the Hub serves the file itself or cannot be asked."""
+    url = hf_hub_url(model_id, "onnx/model.onnx", endpoint=endpoint)
+    try:
+        location = get_hf_file_metadata(url, token=token).location
+    except Exception as error:  # the page can still be written: the Hub's own origin is always allowed
+        logger.warning("Could not ask %s where it stores %s's files (%s); the page allows the Hub's origin only.",
+                       endpoint, model_id, " ".join(str(error).split()))
+        return None
+    return origin(location) if origin(location) != origin(endpoint) else None
+
+
+def model_hosts(endpoint: str, storage: str | None = None) -> str:
+    """The origins the page may fetch from besides its own: the Hub and its file storage host (large files redirect
+    there; on huggingface.co to *.hf.co / *.huggingface.co)."""
+    hosts = [origin(endpoint)] + ([storage] if storage else [])
+    if origin(endpoint) == "https://huggingface.co":
+        hosts += ["https://*.huggingface.co", "https://*.hf.co"]
+    return " ".join(dict.fromkeys(hosts))
+
+
+def page_file(name: str, hosts: str) -> bytes:
+    """A page file as deployed: index.html's Content-Security-Policy names the origins the model comes from."""
     content = (PRIVATE_MODE / name).read_bytes()
-    return content.replace(b"MODEL_HOSTS", model_hosts(endpoint).encode()) if name == "index.html" else content
+    return content.replace(b"MODEL_HOSTS", hosts.encode()) if name == "index.html" else content
 
 
-def static_site(model_id: str, endpoint: str) -> dict[str, bytes]:
+def static_site(model_id: str, endpoint: str, token: str | None = None) -> dict[str, bytes]:
     """{path: content} of the private-mode site: the page, its settings and its Space card."""
-    return ({name: page_file(name, endpoint) for name in PAGE_FILES}
+    hosts = model_hosts(endpoint, storage_origin(endpoint, model_id, token))
+    return ({name: page_file(name, hosts) for name in PAGE_FILES}
             | {"model_repo.json": model_repo_settings(endpoint, model_id),
                "README.md": str(static_space_card(model_id)).encode()})
 
 
-def write_static_site(folder: str | Path, model_id: str, endpoint: str) -> Path:
+def write_static_site(folder: str | Path, model_id: str, endpoint: str, token: str | None = None) -> Path:
     """The private-mode site written to `folder`, for any static web server (an intranet one included)."""
     folder = Path(folder)
-    for name, content in static_site(model_id, endpoint).items():
+    for name, content in static_site(model_id, endpoint, token).items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(content)
     return folder
@@ -128,7 +151,7 @@ def gradio_space_operations(model_id: str) -> list[CommitOperationAdd]:
 def push_space(space_id: str, model_id: str, token: str | None = None, static: bool = False) -> CommitInfo:
     """Create or update the Space (the Gradio app, or with `static` the private-mode page) serving `model_id`."""
     api = HfApi(token=token)
-    operations = ([CommitOperationAdd(name, content) for name, content in static_site(model_id, api.endpoint).items()]
+    operations = ([CommitOperationAdd(name, content) for name, content in static_site(model_id, api.endpoint, token).items()]
                   if static else gradio_space_operations(model_id))
     try:
         api.create_repo(space_id, repo_type="space", space_sdk="static" if static else "gradio", exist_ok=True)
@@ -137,7 +160,8 @@ def push_space(space_id: str, model_id: str, token: str | None = None, static: b
             api.add_space_variable(space_id, "MODEL_ID", model_id, description="Model repo the app loads")
         return commit
     except Exception as error:  # network, auth, offline mode and server errors all end the same way
-        raise PushError(f"Space push to {space_id} on {api.endpoint} failed ({type(error).__name__}: {error}).") from error
+        raise PushError(f"Space {push_failure(error, space_id, api.endpoint)} Nothing was changed on this machine; "
+                        "run the same command again once that is fixed.") from error
 
 
 def main(argv=None) -> None:
@@ -151,7 +175,7 @@ def main(argv=None) -> None:
                                             "(serve it with any static web server).")
     args = parser.parse_args(argv)
     if args.local_dir and args.static:
-        folder = write_static_site(args.local_dir, args.hub_model_id, HfApi().endpoint)
+        folder = write_static_site(args.local_dir, args.hub_model_id, HfApi().endpoint, args.hub_token)
         print(f"Wrote private mode for {args.hub_model_id} to {folder}; serve it cross-origin isolated (every core) "
               f"with: python -m trainer.static_server {folder}")
         return

@@ -39,7 +39,7 @@ from .data import load_training_data, make_loader, make_splits, split_manifest, 
 from .evaluation import evaluate_on_test, head_logits, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, Extractor, cached_features, resolve_engine
-from .model import PneumoniaClassifier, model_for_training, sha256, weights_file
+from .model import PneumoniaClassifier, imagenet_weights_from_hub, model_for_training, sha256, weights_file
 from .model_card import write_model_card
 from .push import push_run
 from .report import plot_confusion_matrix, plot_training_curves
@@ -327,7 +327,10 @@ def main(argv=None) -> dict:
         resolve_checkpoint(config.resume_from_checkpoint, Path(config.output_dir))  # a wrong path fails now, not later
     set_verbosity(config.log_level)
     use_available_cores()
-    weights = weights_file(config.pretrained_weights, config.model_name) if config.pretrained_weights else None
+    # ImageNet weights first: offline or unreachable, the run stops here, before any data is read
+    hub_weights = imagenet_weights_from_hub(config.model_name) if config.pretrained and not config.pretrained_weights else None
+    weights = (weights_file(config.pretrained_weights, config.model_name) if config.pretrained_weights
+               else hub_weights.path if hub_weights else None)
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "runs"),
                                    automatic_checkpoint_naming=True)  # rotation: save_resumable_state
     # Seedable sampler: epoch e's shuffle depends on (seed, e) only, so a resumed run replays it exactly. data_seed
@@ -354,7 +357,8 @@ def main(argv=None) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(split_manifest(splits, split_procedure, config.val_fraction), output_dir / "splits.json")
         write_json({k: v for k, v in asdict(config).items() if k != "hub_token"}
-                   | {"pretrained_weights_sha256": sha256(weights) if weights else None},
+                   | {"pretrained_weights_sha256": sha256(weights) if weights else None,
+                      "pretrained_weights_hub": f"{hub_weights.repo_id}@{hub_weights.revision}" if hub_weights else None},
                    output_dir / "training_config.json")
 
     if config.report_to:

@@ -21,15 +21,39 @@ from dataclasses import dataclass
 
 import timm
 import torch
+import transformers
+from packaging.version import Version
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import ImageClassificationPipeline, PretrainedConfig, PreTrainedModel, TimmWrapperImageProcessor
 from transformers.modeling_outputs import ImageClassifierOutput
+
+# The transformers releases this file is tested with (the oldest and newest of the range, and the last 4.x release);
+# outside the range it stops here with one sentence rather than fail later in a way that says nothing.
+SUPPORTED_TRANSFORMERS = (Version("4.51.3"), Version("5.24"))
+TESTED_TRANSFORMERS = "4.51.3, 4.57.6 and 5.23.0"
+if not SUPPORTED_TRANSFORMERS[0] <= Version(transformers.__version__) < SUPPORTED_TRANSFORMERS[1]:
+    raise ImportError(
+        f"This Pneumonia Detector model needs transformers >={SUPPORTED_TRANSFORMERS[0]},<{SUPPORTED_TRANSFORMERS[1]} "
+        f"(tested with {TESTED_TRANSFORMERS}), not {transformers.__version__}: "
+        f"pip install 'transformers>={SUPPORTED_TRANSFORMERS[0]},<{SUPPORTED_TRANSFORMERS[1]}'.")
 
 # Copies of the project's definitions (serving/labels.py, serving/guard.py): this file runs without the project.
 LABELS = ("NORMAL", "PNEUMONIA")
 POSITIVE = "PNEUMONIA"  # the class the decision threshold is set on
 NOT_A_CHEST_XRAY = "NOT_A_CHEST_XRAY"  # the answer for an image the guard refuses
 GUARD_STAGES = 4
+
+
+def with_frozen_batch_norm(module: nn.Module) -> nn.Module:
+    """timm.utils.freeze's layout (FrozenBatchNorm2d for each BatchNorm2d, no gradients) without copying any tensor:
+    transformers 4 builds the model on the meta device, where a copy fails, and every value comes from the weights."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
+        else:
+            with_frozen_batch_norm(child)
+    return module.requires_grad_(False)
 
 
 def stage_statistics(stages: list[torch.Tensor]) -> torch.Tensor:
@@ -77,8 +101,8 @@ class PneumoniaForImageClassification(PreTrainedModel):
 
     def __init__(self, config: PneumoniaConfig):
         super().__init__(config)
-        self.backbone = timm.create_model(config.model_name, pretrained=False, num_classes=0)
-        timm.utils.freeze(self.backbone)  # same module layout (FrozenBatchNorm2d) as the saved weights
+        # the module layout (FrozenBatchNorm2d) of the saved weights
+        self.backbone = with_frozen_batch_norm(timm.create_model(config.model_name, pretrained=False, num_classes=0))
         self.head = nn.Sequential(
             nn.Linear(config.num_features, config.head_hidden_dim),
             nn.ReLU(),
@@ -116,6 +140,11 @@ class PneumoniaClassificationPipeline(ImageClassificationPipeline):
     sigmoid(logit(p) - logit(t)) (one minus that for NORMAL): 0.5 exactly at the threshold, so the
     decided label scores highest and comes first, as the project's app and CLI decide.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.image_processor is None:  # transformers 4 loads none for a remote-code config; 5 loads this one
+            self.image_processor = PneumoniaImageProcessor(pretrained_cfg=self.model.config.pretrained_cfg)
 
     def postprocess(self, model_outputs, top_k=None, **kwargs):
         distance, limit = model_outputs["guard_distance"][0].item(), self.model.guard_threshold.item()

@@ -1,0 +1,218 @@
+"""The files every pushed model repo carries, where users run them: the transformers remote code and its pipeline
+under transformers 4.51.3 (the Inference Endpoints image's) and the last 4.x release, each with its own
+huggingface_hub, installed by pip into throwaway folders; the Endpoint handler served the way the Inference Endpoints
+toolkit serves it (tests/endpoint_toolkit.py); its requirements.txt resolved against the image's pins. Every process
+here is a clean Python that cannot import the project. Under the project's own transformers 5, the pipeline is
+tested in test_pipeline.py and the handler in test_archive.py."""
+
+import base64
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.app_inputs import write_dicom
+from tests.conftest import REPO_ROOT, free_port, sample_images, start_clean_python
+from trainer.predict import main as predict
+
+pytestmark = pytest.mark.slow
+
+# transformers release -> what pip installs into its folder (the rest, numpy to torch, is this environment's)
+TRANSFORMERS_4 = {"4.51.3": ["transformers==4.51.3", "huggingface_hub==0.30.2", "tokenizers==0.21.4"],
+                  "4.57.6": ["transformers==4.57.6", "huggingface_hub==0.36.0", "tokenizers==0.22.2"]}
+TOO_OLD = ["transformers==4.50.3"]  # beside 4.51.3's huggingface_hub and tokenizers
+# huggingface/huggingface-inference-toolkit 0.5.6: setup.py's pins, the image the Endpoint runs in
+ENDPOINT_IMAGE = ["torch==2.5.1", "transformers==4.51.3", "huggingface_hub==0.30.2"]
+REPO_REQUIREMENTS = REPO_ROOT / "trainer" / "hub_files" / "requirements.txt"
+
+
+def pip_install(folder: Path, packages: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                             "--no-deps", "--target", str(folder), *packages],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict[str, Path]:
+    """{release: folder} of each transformers release pip installed (and "too old": 4.50.3 over 4.51.3's folder)."""
+    folders = {version: tmp_path_factory.mktemp(f"transformers-{version}") for version in TRANSFORMERS_4}
+    installs = [pip_install(folders[version], packages) for version, packages in TRANSFORMERS_4.items()]
+    for process in installs:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    folders["too old"] = tmp_path_factory.mktemp("transformers-too-old")
+    subprocess.run(["cp", "-r", *map(str, folders["4.51.3"].iterdir()), str(folders["too old"])], check=True)
+    assert pip_install(folders["too old"], ["--upgrade", *TOO_OLD]).wait(timeout=300) == 0
+    return folders
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    """This environment without PYTHONPATH, with a Hugging Face cache of its own (another huggingface_hub writes it)."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HOME": str(tmp_path / "hf-home")}
+
+
+def pipeline_code(folder: Path, version: str, model_id: str, images: list[Path]) -> str:
+    return (f"import json, sys\nsys.path.insert(0, {str(folder)!r})\n"
+            "try:\n    import serving\n    sys.exit('serving is importable: not a clean process')\n"
+            "except ImportError:\n    pass\n"
+            f"import transformers\nassert transformers.__version__ == {version!r}, transformers.__version__\n"
+            "from transformers import pipeline\n"
+            f"classify = pipeline('image-classification', model={model_id!r}, trust_remote_code=True)\n"
+            f"print(json.dumps([classify(p) for p in {[str(p) for p in images]!r}]))\n")
+
+
+def start_endpoint(folder: Path, model_id: str, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """The toolkit's start-up, by its contract: the repo downloaded into HF_MODEL_DIR, then uvicorn serving the app."""
+    port = free_port()
+    code = (f"import sys\nsys.path[:0] = [{str(folder)!r}, {str(REPO_ROOT / 'tests')!r}]\n"
+            "import uvicorn\n"
+            f"uvicorn.run('endpoint_toolkit:app', host='127.0.0.1', port={port}, log_level='warning')\n")
+    log = open(tmp_path / "endpoint.log", "w")
+    env = isolated_env(tmp_path) | {"HF_MODEL_ID": model_id, "HF_MODEL_DIR": str(tmp_path / "repository")}
+    process = subprocess.Popen([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, stdout=log, stderr=log)
+    return process, f"http://127.0.0.1:{port}/"
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            urllib.request.urlopen(url + "health", timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"the endpoint did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
+def post(url: str, body: bytes, content_type: str) -> tuple[int, object]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("endpoint-inputs")
+    xrays = sample_images("test", "NORMAL", 2) + sample_images("test", "PNEUMONIA", 2)
+    photo = folder / "photo_of_a_cat.jpeg"
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).resize((224, 149)).save(photo, quality=90)  # at most the model's input size
+    grey = np.asarray(Image.open(xrays[3]).convert("L")).astype(np.uint16)
+    dicom = write_dicom(folder / "xray_12bit", grey * 16, "MONOCHROME1", bits_stored=12)
+    return {"xray0": xrays[0], "xray1": xrays[1], "xray2": xrays[2], "xray3": xrays[3], "photograph": photo,
+            "dicom": dicom}
+
+
+@pytest.fixture(scope="module")
+def expected(served_run, inputs, tmp_path_factory) -> dict[str, dict]:
+    """trainer.predict's row for each input (the reference every answer must equal)."""
+    output = tmp_path_factory.mktemp("reference") / "predictions.csv"
+    predict([*map(str, inputs.values()), "--model", str(served_run / "best"), "--output", str(output),
+             "--num_workers", "0"])
+    rows = {row["path"]: row for row in csv.DictReader(output.open())}
+    return {name: rows[str(path)] for name, path in inputs.items()}
+
+
+@pytest.fixture(scope="module")
+def answers(installed, pushed_served_model, inputs, tmp_path_factory) -> dict[str, dict]:
+    """{release: {"pipeline": [answer per image], "endpoint": {request: (status, answer)}}}: both releases' clean
+    pipelines and endpoints run at once; each endpoint gets its requests from four concurrent clients."""
+    pictures = [inputs[name] for name in ("xray0", "xray1", "xray2", "xray3", "photograph")]
+    started = {}
+    for version in TRANSFORMERS_4:
+        work = tmp_path_factory.mktemp(f"clean-{version}")
+        code = pipeline_code(installed[version], version, pushed_served_model, pictures)
+        pipeline_answers = start_clean_python(code, work, env=isolated_env(work))
+        started[version] = (pipeline_answers, *start_endpoint(installed[version], pushed_served_model, work), work)
+    requests = {name: (path.read_bytes(), "image/jpeg") for name, path in inputs.items() if name != "dicom"}
+    requests |= {f"{name} as base64": (json.dumps({"inputs": base64.b64encode(path.read_bytes()).decode()}).encode(),
+                                       "application/json") for name, path in inputs.items()}
+    requests["garbage"] = (json.dumps({"inputs": base64.b64encode(b"this is not an image").decode()}).encode(),
+                           "application/json")
+    requests["no inputs"] = (b'{"image": 1}', "application/json")
+    results = {}
+    for version, (pipeline_answers, endpoint, url, work) in started.items():
+        try:
+            wait_until_healthy(endpoint, url, work / "endpoint.log")
+            with ThreadPoolExecutor(4) as clients:
+                replies = dict(zip(requests, clients.map(lambda request: post(url, *request), requests.values())))
+        finally:
+            endpoint.terminate()
+            endpoint.wait(timeout=30)
+        results[version] = {"pipeline": dict(zip(["xray0", "xray1", "xray2", "xray3", "photograph"],
+                                                 pipeline_answers())),
+                            "endpoint": replies}
+    return results
+
+
+def assert_same_answer(answer: list[dict], row: dict) -> None:
+    """An answer (decision first) is trainer.predict's row: the same label or refusal, probabilities within 1e-4."""
+    assert answer[0]["label"] == row["prediction"]
+    if row["prediction"] == "NOT_A_CHEST_XRAY":
+        assert len(answer) == 1 and row["looks_like_chest_xray"] == "False"
+        return
+    probabilities = {entry["label"]: entry["probability"] for entry in answer}
+    assert probabilities == pytest.approx({"NORMAL": float(row["NORMAL"]), "PNEUMONIA": float(row["PNEUMONIA"])},
+                                          abs=1e-4)
+
+
+@pytest.mark.parametrize("version", TRANSFORMERS_4)
+def test_the_pipeline_answers_as_trainer_predict_under_transformers_4(answers, expected, version):
+    for name, answer in answers[version]["pipeline"].items():
+        assert_same_answer(answer, expected[name])
+    assert answers[version]["pipeline"]["photograph"][0]["label"] == "NOT_A_CHEST_XRAY"  # the guard works there too
+
+
+@pytest.mark.parametrize("version", TRANSFORMERS_4)
+def test_the_endpoint_answers_as_trainer_predict_under_the_toolkits_contract(answers, expected, version):
+    replies = answers[version]["endpoint"]
+    for request, (status, answer) in replies.items():
+        if request in ("garbage", "no inputs"):
+            continue
+        assert status == 200, (request, answer)
+        row = expected[request.removesuffix(" as base64")]
+        assert_same_answer(answer, row)
+        assert answer[0]["looks_like_chest_xray"] is (row["prediction"] != "NOT_A_CHEST_XRAY")
+    status, answer = replies["garbage"]
+    assert status == 400 and "not an image this endpoint can read" in answer["error"]
+    status, answer = replies["no inputs"]
+    assert status == 400 and "inputs" in answer["error"]
+
+
+def test_an_unsupported_transformers_stops_with_the_versions_that_work(installed, pushed_served_model, tmp_path):
+    code = pipeline_code(installed["too old"], "4.50.3", pushed_served_model, [])
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=isolated_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "needs transformers >=4.51.3,<5.24" in last_line and "not 4.50.3" in last_line, result.stderr[-2000:]
+
+
+def test_the_repos_requirements_keep_the_endpoint_images_torch_transformers_and_hub(tmp_path):
+    """pip resolves the repo's requirements.txt together with the image's pins: nothing of them is replaced."""
+    report = tmp_path / "report.json"
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                             "--disable-pip-version-check", "--report", str(report), "-r", str(REPO_REQUIREMENTS),
+                             *ENDPOINT_IMAGE], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    for pin in ENDPOINT_IMAGE:
+        name, version = pin.split("==")
+        assert resolved[name.lower().replace("_", "-")] == version
+    required = {line.split("==")[0] for line in REPO_REQUIREMENTS.read_text().splitlines() if line and line[0].isalpha()}
+    assert required == {"timm", "pydicom"}  # only what the image lacks
