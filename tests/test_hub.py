@@ -10,11 +10,12 @@ from pathlib import Path
 
 import gradio
 import pytest
+import torch
 from huggingface_hub import HfApi, ModelCard, SpaceCard, hf_hub_download, snapshot_download
 
 from serving.upload import example_files
-from tests.conftest import FAST_TRAINING, REPO_ROOT, cli_error, sample_images
-from tests.hub_server import TOKEN, USER
+from tests.conftest import FAST_TRAINING, REPO_ROOT, SAMPLE_DIR, cli_error, sample_images
+from tests.hub_server import OTHER_TOKEN, TIMM_TOKEN, TOKEN, USER
 from trainer import PneumoniaClassifier
 from trainer.push import PushError, push_run
 from trainer.push import main as push
@@ -52,6 +53,29 @@ def test_snapshot_download_lists_every_pushed_file(pushed):
         assert pulled.read() == (output_dir / "best" / "model.safetensors").read_bytes()
     # best/ keeps the card the Hub has: a copy of best/ (or `hf upload` of it) carries the pushed card
     assert (output_dir / "best" / "README.md").read_text() == Path(local, "README.md").read_text()
+
+
+def test_large_files_come_from_the_storage_host_the_hub_redirects_to(pushed, hub):
+    """As on huggingface.co: `resolve/` answers a weights file with a 302 to another origin, whose answer carries the
+    CORS header web pages need; the client followed it (the bytes above are the pushed ones)."""
+    import httpx
+
+    url = f"{constants_endpoint()}/{MODEL_ID}/resolve/main/model.safetensors"
+    redirect = httpx.head(url, follow_redirects=False)
+    assert redirect.status_code == 302 and redirect.headers["x-linked-size"] == str(
+        (pushed[0] / "best" / "model.safetensors").stat().st_size)
+    location = redirect.headers["location"]
+    assert location.startswith(f"http://127.0.0.1:{hub.storage.server_port}/lfs/")
+    stored = httpx.get(location)
+    assert stored.headers["access-control-allow-origin"] == "*"
+    assert stored.content == (pushed[0] / "best" / "model.safetensors").read_bytes()
+    assert httpx.head(f"{constants_endpoint()}/{MODEL_ID}/resolve/main/config.json").status_code == 200  # small: direct
+
+
+def constants_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def test_model_card_passes_hub_metadata_checks_and_says_what_it_is(pushed):
@@ -96,6 +120,36 @@ def test_push_without_a_valid_token_is_refused_clearly(pushed):
     with pytest.raises(PushError, match="401") as error:
         push_run(output_dir, MODEL_ID, token="hf_wrong")
     assert "retry with: python -m trainer.push" in str(error.value)
+
+
+def test_a_push_to_someone_elses_repo_is_refused_in_one_line_and_keeps_the_run(pushed):
+    """A token that does not own the repo: the Hub's 403, in one line with the way out; the run and the repo as they
+    were."""
+    output_dir, _ = pushed
+    before, head = folder_digest(output_dir), HfApi().model_info(MODEL_ID).sha
+    message = cli_error(push, [str(output_dir), "--hub_model_id", MODEL_ID, "--hub_token", OTHER_TOKEN])
+    assert "\n" not in message and "403" in message
+    assert f"may not write to {MODEL_ID}" in message and "under your own name" in message
+    assert f"retry with: python -m trainer.push {output_dir}" in message
+    assert folder_digest(output_dir) == before and HfApi().model_info(MODEL_ID).sha == head
+
+
+def test_a_space_push_to_someone_elses_space_is_refused_in_one_line(hub):
+    space_id = f"{USER}/pneumonia-demo-403"
+    push_space(space_id, MODEL_ID, token=TOKEN, static=True)
+    with pytest.raises(PushError) as refused:
+        push_space(space_id, MODEL_ID, token=OTHER_TOKEN, static=True)
+    message = str(refused.value)
+    assert "\n" not in message and "403" in message and f"may not write to {space_id}" in message
+
+
+def test_a_dataset_push_to_someone_elses_namespace_is_refused_in_one_line(hub, tiny_sample, capsys):
+    from dataset_scripts.push_dataset import main as push_dataset
+
+    assert push_dataset([str(tiny_sample), "--repo_id", f"{USER}/not-theirs", "--token", OTHER_TOKEN]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "403" in error and f"may not write to {USER}/not-theirs" in error
+    assert "--token" in error
 
 
 def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_run(trained_run, monkeypatch):
@@ -168,3 +222,37 @@ def test_the_tests_hub_answers_with_hf_hub_offline_set_in_the_shell(tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "hello.txt" in result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_the_readme_command_trains_on_imagenet_weights_from_the_hub_and_names_them(hub, tmp_path):
+    """The default (pretrained) path as every user with internet takes it: timm's `timm/resnet18.a1_in1k` repo (random
+    weights in timm's own file layout, made here) downloaded through HF_ENDPOINT by the README's command without
+    --no_pretrained; the trained backbone is those weights, and the card names repo, revision and sha256."""
+    import timm
+    from safetensors.torch import load_file
+
+    repo_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    assert repo_id == "timm/resnet18.a1_in1k"
+    weights = tmp_path / "timm-weights"
+    timm.models.save_for_hf(timm.create_model("resnet18"), str(weights), safe_serialization=True)
+    api = HfApi(token=TIMM_TOKEN)
+    api.create_repo(repo_id, exist_ok=True)
+    revision = api.upload_folder(folder_path=weights, repo_id=repo_id).oid
+    output_dir = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "-m", "trainer", "--data_dir", str(SAMPLE_DIR),
+               "--output_dir", str(output_dir), "--num_train_epochs", "1",
+               *[option for option in FAST_TRAINING if option != "--no_pretrained"]]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    published = load_file(weights / "model.safetensors")
+    trained = PneumoniaClassifier.from_pretrained(output_dir / "best")
+    assert trained.imagenet_weights
+    for name, tensor in trained.backbone.state_dict().items():
+        assert torch.equal(tensor, published[name]), name  # the backbone is exactly the downloaded weights
+    recorded = json.loads((output_dir / "training_config.json").read_text())
+    sha = hashlib.sha256((weights / "model.safetensors").read_bytes()).hexdigest()
+    assert recorded["pretrained_weights_hub"] == f"{repo_id}@{revision}" and recorded["pretrained_weights_sha256"] == sha
+    card = (output_dir / "best" / "README.md").read_text()
+    assert f"`{repo_id}` at revision `{revision}`" in card and f"sha256 `{sha}`" in card
+    assert "base_model: timm/resnet18.a1_in1k" in card

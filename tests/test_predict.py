@@ -2,6 +2,7 @@
 bad files are reported."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dataset_scripts.non_xray_images import non_xray_images
-from tests.conftest import REPO_ROOT, SAMPLE_DIR
+from tests.conftest import REPO_ROOT, SAMPLE_DIR, cli_error
 from trainer import PneumoniaClassifier, Predictor
 
 
@@ -54,3 +55,45 @@ def test_batch_predictions_match_predict_and_report_bad_files(trained_run, tmp_p
     with Image.open(row["heatmap"]) as written:
         assert written.size == (224, 224)
         assert np.abs(np.asarray(written, dtype=int) - np.asarray(expected, dtype=int)).max() <= 2  # ORT vs eager
+
+
+def test_an_output_belongs_to_the_model_that_wrote_it(untrained_model_dir, tmp_path):
+    """Screening again into the same output with another model (the same weights at another operating point, as
+    recalibration makes) stops before predicting and leaves the first model's file as it was; --overwrite gives every
+    row to the second model; an output without a record of its model is not resumed either."""
+    from trainer.predict import main as predict
+    from trainer.predict import record_file
+
+    models = {}
+    for name, threshold in (("never", 1.0), ("always", 0.0)):  # NORMAL / PNEUMONIA for every image: rows tell them apart
+        model = PneumoniaClassifier.from_pretrained(untrained_model_dir)
+        model.set_operating_point(1.0, threshold)
+        model.save_pretrained(tmp_path / name)
+        models[name] = model
+    images = [str(p) for p in sorted((SAMPLE_DIR / "test" / "NORMAL").glob("*.jpeg"))[:4]]
+    output = tmp_path / "predictions.csv"
+    common = [*images, "--output", str(output), "--eager", "--num_workers", "0"]
+    predict([*common, "--model", str(tmp_path / "never")])
+    first = output.read_bytes()
+    assert {row["prediction"] for row in csv.DictReader(output.open())} == {"NORMAL"}
+    assert json.loads(record_file(output).read_text())["decision_threshold"] == 1.0
+
+    message = cli_error(predict, [*common, "--model", str(tmp_path / "always")])
+    assert f"{output} holds rows written by another model ({tmp_path / 'never'}" in message
+    assert "--overwrite" in message and "another --output" in message
+    assert output.read_bytes() == first
+
+    predict([*common, "--model", str(tmp_path / "never")])  # the same model resumes: nothing to add
+    assert output.read_bytes() == first
+    predict([*common, "--model", str(tmp_path / "always"), "--overwrite"])
+    rows = list(csv.DictReader(output.open()))
+    expected = Predictor(models["always"], engine="eager")
+    assert [row["prediction"] for row in rows] == [expected.analyse(path).decision for path in images]
+    assert {row["prediction"] for row in rows} == {"PNEUMONIA"}
+
+    record_file(output).unlink()  # as written before outputs recorded their model
+    message = cli_error(predict, [*common, "--model", str(tmp_path / "always")])
+    assert "a model it has no record of" in message
+    output.replace(tmp_path / ".predictions.csv.part1")  # a multi-process run's part file, interrupted
+    message = cli_error(predict, [*common, "--model", str(tmp_path / "always")])
+    assert "a model it has no record of" in message

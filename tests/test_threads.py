@@ -24,7 +24,8 @@ CORES = len(os.sched_getaffinity(0))
 def start_launch(probe, **env) -> subprocess.Popen:
     clean_env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     # `accelerate launch` as a module of this Python: the suite runs from an environment that is not activated
-    return subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", str(probe)], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", str(probe)], cwd=REPO_ROOT, text=True,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=clean_env | {"PYTHONPATH": str(REPO_ROOT)} | env)
 
 
