@@ -5,7 +5,7 @@ Grad-CAM (Selvaraju et al., 2017) weighs each channel c of a feature map A by th
 only pooling and the head lie between A and y, so the gradient is a backward pass through those alone.
 A comes out of the forward pass that made the prediction (eager or ONNX Runtime), so each request's map
 is built from its own tensors: nothing is registered on the shared model, and concurrent requests
-cannot mix. tests/test_heatmap.py checks it equals pytorch-grad-cam's map for the same layer.
+cannot mix. tests/test_serving.py checks it equals pytorch-grad-cam's map for the same layer.
 """
 
 from collections.abc import Sequence

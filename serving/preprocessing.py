@@ -6,7 +6,7 @@ a centre crop cuts the lung edges off wide radiographs, and squashing makes the 
 originals (1-3k px, wider than tall) and the 224x224 shared copy look alike to the model.
 
 JPEGs larger than the input are decoded at reduced scale (Pillow's draft mode: the smallest of 1/2,
-1/4, 1/8 that still covers the input size), about 7x faster for full-size X-rays
+1/4, 1/8 that still covers the input size), which saves most of the decoding of full-size X-rays
 (benchmarks/full_resolution.py); images already at input size decode exactly as before.
 """
 

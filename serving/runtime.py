@@ -1,8 +1,7 @@
 """Fast CPU inference: the model's serving forward pass exported to ONNX and run by ONNX Runtime.
 
-`benchmarks/inference_speed.py` measured it against plain eager PyTorch on a 2-core CPU: the forward
-pass about 2× faster, 1.56× per image from file to probabilities and 1.8× per batch, probabilities
-within 1e-7. The export (~10 s on 2 cores) is made from the weights in memory, so it can never disagree
+`benchmarks/inference_speed.py` compares it with plain eager PyTorch (results in benchmarks/RESULTS.md);
+probabilities agree within 1e-5 (tested). The export is made from the weights in memory, so it can never disagree
 with them, and kept on disk under a key of everything it depends on (serving/export_cache.py): the next
 process serving the same model reads it instead. PyTorch still preprocesses, calibrates, computes the guard's float64
 distance and the Grad-CAM weights (a backward pass through the head only, serving/heatmap.py).

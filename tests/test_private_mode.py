@@ -179,7 +179,7 @@ def bad_files(folder) -> dict[str, str]:
 def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowhere(page_url, served_predictor,
                                                                                         test_images, hub, browser,
                                                                                         pushed_served_model, tmp_path):
-    """10 X-rays and 3 non-X-rays picked through the page's file input: P(PNEUMONIA) within 0.01 of Python's
+    """10 X-rays and 3 non-X-rays picked through the page's file input: P(PNEUMONIA) within 1e-5 of Python's
     (PneumoniaClassifier.predict), the same decision and not-an-X-ray verdict, the same overlay. Unreadable and
     tiny files get a reason, as in the Space."""
     requests, other_server = [], serve_folder(tmp_path)
@@ -218,7 +218,7 @@ def test_the_page_gives_pythons_answers_in_the_browser_and_sends_the_images_nowh
     for path, answer in answers.items():
         expected = served_predictor.analyse(path, heatmap=path == test_images[0])
         differences.append(abs(float(answer["pneumonia"]) - expected.probabilities["PNEUMONIA"]))
-        assert differences[-1] <= 0.01, path.name
+        assert differences[-1] <= 1e-5, path.name  # the bound docs/private_mode.md states
         assert answer["looksLikeXray"] == str(expected.looks_like_xray).lower(), path.name
         assert answer["decision"] == expected.decision, path.name
         shown = "Model output" if expected.looks_like_xray else "This does not look like a chest X-ray"
@@ -270,7 +270,7 @@ def test_served_cross_origin_isolated_the_page_runs_on_every_core_with_the_same_
         server.shutdown()
     for path, answer in answers.items():
         expected = served_predictor.analyse(path)
-        assert float(answer["pneumonia"]) == pytest.approx(expected.probabilities["PNEUMONIA"], abs=0.01), path.name
+        assert float(answer["pneumonia"]) == pytest.approx(expected.probabilities["PNEUMONIA"], abs=1e-5), path.name
         assert answer["decision"] == expected.decision, path.name
     model_files, stored = f"{hub_endpoint(hub)}/{pushed_served_model}/resolve/", f"{storage_origin(hub)}/lfs/"
     assert {request for request in requests if not request.startswith((url, model_files, stored))} == set()

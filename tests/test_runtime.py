@@ -26,7 +26,8 @@ def test_single_images_get_eager_probabilities_and_guard_verdicts(models):
     images = real_images() + [non_xray_images()[name] for name in ("skimage_astronaut", "blank_white")]
     for image in images:
         expected, prediction = eager.analyse(image), served.analyse(image)
-        assert max(abs(prediction.probabilities[k] - expected.probabilities[k]) for k in expected.probabilities) <= 1e-4
+        difference = max(abs(prediction.probabilities[k] - expected.probabilities[k]) for k in expected.probabilities)
+        assert difference <= 1e-5  # the bound docs/hub.md states
         assert prediction.guard_distance == pytest.approx(expected.guard_distance, rel=1e-4)
         assert prediction.looks_like_xray == expected.looks_like_xray and prediction.decision == expected.decision
     assert not served.analyse(images[-2]).looks_like_xray  # the photo is refused by the served guard too

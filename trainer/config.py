@@ -67,9 +67,9 @@ class TrainingConfig:
                               "every image in every epoch.")
     extraction_engine: str = option(
         "auto", "What runs the frozen backbone outside training (the cached views, the guard's and the test set's "
-        "passes): onnxruntime (the backbone exported to ONNX once per run; 1.6x faster than eager in this CPU's "
-        "pipeline, features within 1e-6 of eager), eager (PyTorch, channels_last), or auto: onnxruntime on a CPU in "
-        "fp32, eager on a GPU or in mixed precision.", choices=["auto", "eager", "onnxruntime"])
+        "passes): onnxruntime (the backbone exported to ONNX once and kept in the export cache; features within "
+        "1e-6 of eager), eager (PyTorch, channels_last), or auto: onnxruntime on a CPU in fp32, eager on a GPU or in "
+        "mixed precision.", choices=["auto", "eager", "onnxruntime"])
     cache_dir: str | None = option(None, "Where cached features live (default: OUTPUT_DIR/feature_cache); "
                                    "a run with the same data, backbone and recipe reuses them.")
     # Runtime

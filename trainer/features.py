@@ -9,8 +9,7 @@ preprocessing, the augmentation, the seed, K and the exact files (name, size, mt
 recomputes it; a later run with the same key loads it from disk and skips extraction.
 
 Engines (`--extraction_engine`): eager PyTorch in channels_last, or the same computation exported to
-ONNX and run by ONNX Runtime (on a 2-core CPU 2x faster per batch, 1.6x with JPEG decoding beside it;
-benchmarks/RESULTS.md) with features within 1e-6 of eager; `auto` takes ONNX Runtime on a CPU in fp32
+ONNX and run by ONNX Runtime (the comparison is in benchmarks/RESULTS.md) with features within 1e-6 of eager; `auto` takes ONNX Runtime on a CPU in fp32
 and eager PyTorch elsewhere (GPU, bf16).
 """
 
@@ -55,7 +54,7 @@ def gather_outputs(compute, loader, accelerator: Accelerator, description: str) 
 
 @contextmanager
 def channels_last(module: torch.nn.Module):
-    """Convolutions in NHWC layout while extracting (faster with oneDNN and on tensor cores); NCHW again after."""
+    """Convolutions in NHWC layout while extracting (the layout oneDNN and tensor cores prefer); NCHW again after."""
     module.to(memory_format=torch.channels_last)
     try:
         yield module

@@ -12,7 +12,7 @@ verdict: `[{"label": "PNEUMONIA", "score": ..., "probability": ..., "threshold":
 {"label": "NORMAL", ...}]`, or for an image that is not a chest X-ray `[{"label": "NOT_A_CHEST_XRAY", "score": 1.0,
 "guard_distance": ..., "guard_limit": ..., "threshold": ..., "looks_like_chest_xray": false}]`. With
 `"parameters": {"heatmap": true}` the decision's entry also carries `heatmap`: the Grad-CAM map of the decision on the
-backbone's last feature map (rows of non-negative floats, 7 x 7 for a ResNet18; upsample it over the image as it
+backbone's last feature map (rows of non-negative floats, 7-by-7 for a ResNet18; upsample it over the image as it
 was sent, which the model saw whole, squashed to its input). Input that is not an
 image raises ValueError with the reason (the toolkit answers it as an error). DICOM is rendered by the rules of the
 project's reader (modality LUT, VOI LUT / window, MONOCHROME1 inverted, scaled by the bits stored).
