@@ -13,8 +13,9 @@ PAGES = [REPO_ROOT / "README.md", *GUIDES]
 # a repository path as the docs write it: `folder/file.ext`, `folder/`, or a top-level file with a known suffix
 NAMED_PATH = re.compile(r"`((?:[\w.-]+/)+[\w.-]*|[\w-]+\.(?:py|md|txt|toml|json|js|html))`")
 # where a path is written relative to something other than the repository (an output folder, a repo on the Hub)
-NOT_REPO_PATHS = ("outputs", "best/", "train/", "test/", "val/", "NORMAL/", "PNEUMONIA/", "resolve/", "onnx/", "checkpoints/", "feature_cache/", "OUTPUT", "SITE_DIR", "data/",
-                  "resnet18", "timm/", "site", "$HF_HOME", "NAME", "sample_data/chest_xray/test/PNEUMONIA/person103")
+NOT_REPO_PATHS = ("outputs", "best/", "train/", "test/", "val/", "NORMAL/", "PNEUMONIA/", "resolve/", "onnx/",
+                  "checkpoints/", "feature_cache/", "OUTPUT", "SITE_DIR", "data/", "resnet18", "timm/", "site", "$HF_HOME",
+                  "NAME", "sample_data/chest_xray/test/PNEUMONIA/person103")
 SPEED_FIGURE = re.compile(r"\d(?:\.\d+)?\s?[x×](?![\w-])|\bfaster\b|\bslower\b|\d+(?:\.\d+)? ?(?:ms|s) per\b")
 
 

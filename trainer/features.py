@@ -9,8 +9,8 @@ preprocessing, the augmentation, the seed, K and the exact files (name, size, mt
 recomputes it; a later run with the same key loads it from disk and skips extraction.
 
 Engines (`--extraction_engine`): eager PyTorch in channels_last, or the same computation exported to
-ONNX and run by ONNX Runtime (the comparison is in benchmarks/RESULTS.md) with features within 1e-6 of eager; `auto` takes ONNX Runtime on a CPU in fp32
-and eager PyTorch elsewhere (GPU, bf16).
+ONNX and run by ONNX Runtime (compared in benchmarks/RESULTS.md), features within 1e-6 of eager; `auto`
+takes ONNX Runtime on a CPU in fp32 and eager PyTorch elsewhere (GPU, bf16).
 """
 
 import copy
