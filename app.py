@@ -18,7 +18,7 @@ from PIL import Image
 from serving.batch import MAX_FILES, csv_columns, predict_files, screening_files, write_csv
 from serving.heatmap import HEATMAP_OPACITY
 from serving.images import ACCEPTED_SUFFIXES, InputImageError
-from serving.model import DEFAULT_MODEL, ModelNotFound, load_model
+from serving.loading import DEFAULT_MODEL, ModelNotFound, load_model
 from serving.predictor import Prediction, Predictor
 from serving.upload import DISCLAIMER, EXAMPLES_DIR, diagnose, example_files, radiograph
 

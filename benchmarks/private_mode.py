@@ -39,7 +39,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from huggingface_hub import snapshot_download  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from serving.model import load_model  # noqa: E402
+from serving.loading import load_model  # noqa: E402
 from serving.predictor import Predictor  # noqa: E402
 from tests.hub_server import TOKEN, USER, make_server  # noqa: E402
 from tests.web import CHROMIUM, CHROMIUM_ARGS, serve_folder  # noqa: E402

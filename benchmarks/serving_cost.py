@@ -37,7 +37,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from serving.model import add_model_argument, load_model  # noqa: E402
+from serving.loading import add_model_argument, load_model  # noqa: E402
 from serving.predictor import Predictor  # noqa: E402
 from serving.upload import diagnose, radiograph  # noqa: E402
 

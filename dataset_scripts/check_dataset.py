@@ -16,6 +16,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from serving.images import open_bitmap
 from serving.labels import LABELS
 from trainer.data import (
     SPLIT_FOLDERS,
@@ -51,9 +52,7 @@ def summarise(data_dir: Path) -> list[dict]:
 
 def greyscale(path: Path, size: tuple[int, int]) -> Image.Image:
     """The image in grey, decoded at reduced scale where JPEG allows (the hash and thumbnail are small)."""
-    with Image.open(path) as image:
-        image.draft("L", size)
-        return image.convert("L")
+    return open_bitmap(path, size, "L").convert("L")
 
 
 def perceptual_hash(path: Path) -> int:

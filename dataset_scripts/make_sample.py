@@ -14,6 +14,7 @@ from pathlib import Path
 
 from serving.labels import LABELS
 from trainer.data import patient_id
+from trainer.options import SeedOption, add_options
 
 QUOTAS = {"train": {"NORMAL": 100, "PNEUMONIA": 200}, "test": {"NORMAL": 40, "PNEUMONIA": 60}}
 
@@ -37,7 +38,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="Kaggle-layout folder with train/ and test/.")
     parser.add_argument("destination", type=Path, help="Where to write the sample (replaced).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for the patient draw.")
+    add_options(parser, SeedOption)  # the bundled sample was drawn with --seed 0 (sample_data/README.md)
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)

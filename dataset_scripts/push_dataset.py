@@ -5,7 +5,7 @@ patient-grouped procedure), test is Kaggle's test/, and the rows are in the orde
 them: the same seed trains the same model from the folders or from the Hub. The dataset card states the license,
 citation, population, split procedure, per-split counts and the cross-split duplicate check.
 
-    python -m dataset_scripts.push_dataset data/chest_xray --repo_id NAME/chest-xray-pneumonia [--private]
+    python -m dataset_scripts.push_dataset data/chest_xray --repo_id NAME/chest-xray-pneumonia [--hub_private_repo]
     accelerate launch -m trainer --dataset_name NAME/chest-xray-pneumonia
 """
 
@@ -22,6 +22,7 @@ from PIL import Image
 from serving.labels import LABELS
 from trainer.config import TrainingConfig
 from trainer.data import PATIENT_COLUMN, SPLIT_FOLDERS, DatasetLayoutError, load_chest_xray, make_splits, quiet_datasets
+from trainer.options import HubOptions, SeedOption, add_options
 from trainer.push import push_failure
 
 from .check_dataset import METHOD, cross_split_duplicates, split_images
@@ -100,20 +101,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path, help="Kaggle-layout folder holding train/ and test/.")
     parser.add_argument("--repo_id", required=True, help="Dataset repo to create or update, NAME/DATASET.")
-    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved `hf auth login`).")
-    parser.add_argument("--private", action="store_true", help="Create the dataset repo as private.")
+    add_options(parser, HubOptions, SeedOption)
     parser.add_argument("--val_fraction", type=float, default=TRAINER_DEFAULTS.val_fraction,
                         help="Validation fraction of train/ (default: the trainer's, %(default)s).")
-    parser.add_argument("--seed", type=int, default=TRAINER_DEFAULTS.seed,
-                        help="Seed of the validation split (default: the trainer's, %(default)s).")
     args = parser.parse_args(argv)
     try:
-        url = push_dataset(args.data_dir, args.repo_id, args.token, args.private, args.val_fraction, args.seed)
+        url = push_dataset(args.data_dir, args.repo_id, args.hub_token, args.hub_private_repo, args.val_fraction,
+                           args.seed)
     except (DatasetLayoutError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except HfHubHTTPError as error:  # the folders are only read: running the command again loses nothing
-        print(f"error: {push_failure(error, args.repo_id, HfApi().endpoint, token_flag='--token')} The data in "
+        print(f"error: {push_failure(error, args.repo_id, HfApi().endpoint, token_flag='--hub_token')} The data in "
               f"{args.data_dir} is unchanged; run the same command again once that is fixed.", file=sys.stderr)
         return 1
     print(f"pushed to {url}; train from it with: accelerate launch -m trainer --dataset_name {args.repo_id}")

@@ -15,20 +15,19 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from serving.images import InputImageError
+from serving.images import InputImageError, open_bitmap
 from serving.labels import LABELS
-from serving.preprocessing import draft, to_rgb
+from serving.preprocessing import to_rgb
 from trainer.data import SPLIT_FOLDERS, check_layout, class_images
 
 
 def resize_image(source: Path, destination: Path, size: int) -> None:
     try:
-        with Image.open(source) as image:
-            draft(image, (size, size)).load()
-            kept = image if image.mode in ("L", "RGB") else to_rgb(image)  # JPEG holds 8-bit grey or RGB
-            resized = kept.resize((size, size), Image.BICUBIC)
-    except OSError as error:
+        image = open_bitmap(source, (size, size))
+    except InputImageError as error:
         raise InputImageError(f"Cannot read image {source}: {error}") from error
+    kept = image if image.mode in ("L", "RGB") else to_rgb(image)  # JPEG holds 8-bit grey or RGB
+    resized = kept.resize((size, size), Image.BICUBIC)
     resized.save(destination.with_suffix(".jpeg"), quality=95)
 
 

@@ -5,7 +5,8 @@ Imports neither `trainer` nor Gradio: the Space ships this package with app.py, 
 
 from .images import ACCEPTED_SUFFIXES, InputImageError, read_image
 from .labels import LABELS, NOT_A_CHEST_XRAY, POSITIVE
-from .model import ModelNotFound, PneumoniaClassifier, load_model
+from .loading import ModelNotFound, load_model
+from .model import PneumoniaClassifier
 from .predictor import NotAChestXray, Prediction, Predictor
 
 __all__ = ["ACCEPTED_SUFFIXES", "LABELS", "NOT_A_CHEST_XRAY", "POSITIVE", "InputImageError", "ModelNotFound",

@@ -17,6 +17,7 @@ from pathlib import Path
 from huggingface_hub import constants
 from torch import nn
 
+from .files import atomic_write
 from .fingerprint import update_with_tensors
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,8 @@ def write_export(key: str, graph: bytes) -> None:
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"{key}.{os.getpid()}.partial"
-        partial.write_bytes(graph)
-        partial.replace(folder / f"{key}.onnx")
+        with atomic_write(folder / f"{key}.onnx") as partial:
+            partial.write_bytes(graph)
         evict_least_recently_used(folder)
     except OSError as error:
         logger.info("ONNX export not cached in %s (%s)", folder, error)

@@ -135,8 +135,10 @@ def dicom_to_image(path: Path) -> Image.Image:
     return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
 
 
-def bitmap_to_image(path: Path, draft_size: tuple[int, int] | None) -> Image.Image:
-    """Open a JPEG/PNG/..., refusing oversized images before decoding them; large JPEGs drafted to `draft_size`."""
+def open_bitmap(path: Path, draft_size: tuple[int, int] | None = None, draft_mode: str | None = None) -> Image.Image:
+    """The project's one way to decode a JPEG/PNG/... (serving, training's checks, the dataset scripts): oversized
+    images refused before decoding, a large JPEG decoded at reduced scale (`draft_size`, in `draft_mode`, e.g. "L"
+    for grey thumbnails); the image in its own mode, or InputImageError saying what is wrong."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -144,8 +146,8 @@ def bitmap_to_image(path: Path, draft_size: tuple[int, int] | None) -> Image.Ima
                 if image.width * image.height > MAX_PIXELS:
                     raise InputImageError(f"This image is {image.width}x{image.height} pixels, too large to process "
                                           f"(limit {MAX_PIXELS:,} pixels). Please use a smaller export.")
-                draft(image, draft_size).load()
-                return to_rgb(image)
+                draft(image, draft_size, draft_mode).load()
+                return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InputImageError(f"This image is too large to process ({error}).") from error
     except UnidentifiedImageError as error:
@@ -168,7 +170,7 @@ def read_image(path: str | Path | None, draft_size: tuple[int, int] | None = Non
         raise InputImageError(f"{path} is a folder, not an image file.")
     if path.stat().st_size == 0:
         raise InputImageError(f"The file is empty (0 bytes). Choose {ACCEPTED}.")
-    image = dicom_to_image(path) if is_dicom(path) else bitmap_to_image(path, draft_size)
+    image = dicom_to_image(path) if is_dicom(path) else to_rgb(open_bitmap(path, draft_size))
     if min(image.size) < MIN_SIDE:
         raise InputImageError(f"This image is only {image.width}x{image.height} pixels; "
                               f"a chest X-ray needs at least {MIN_SIDE} pixels a side.")

@@ -6,6 +6,7 @@ metric, trainer/metrics/pneumonia_metrics.py) keep copies; tests/test_definition
 
 LABELS = ("NORMAL", "PNEUMONIA")
 POSITIVE = "PNEUMONIA"  # the class the decision threshold is set on
+POSITIVE_INDEX = LABELS.index(POSITIVE)  # its label value, and the column of its probability in (N, 2) outputs
 # The answer, in place of a class, for an image the not-an-X-ray guard refuses (serving/guard.py)
 NOT_A_CHEST_XRAY = "NOT_A_CHEST_XRAY"
 

@@ -1,11 +1,11 @@
-"""The classifier: a frozen timm backbone (BatchNorm statistics included) and a small trainable head.
+"""The network: a frozen timm backbone (BatchNorm statistics included), a small trainable head, the buffers fitted
+after training (operating point, not-an-X-ray guard), its forward passes, and save / load.
 
-This module is the model: architecture, buffers (operating point, not-an-X-ray guard), forward passes,
-save / load. What is done with its outputs (calibration, decision, guard, heatmap) is serving/predictor.py's
-Predictor, which holds a model; `predict` here is a shortcut to it.
+What is done with its outputs (calibration, decision, guard, heatmap) is serving/predictor.py's Predictor, which
+holds a model. Loading by name or path is serving/loading.py; the Hub's formats are serving/hub_format.py.
 """
 
-import argparse
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -13,28 +13,23 @@ from pathlib import Path
 import timm
 import torch
 from huggingface_hub import PyTorchModelHubMixin
-from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
 from torch import nn
 
 from .guard import GUARD_STAGES, stage_statistics
+from .hub_format import CARD_METADATA, REMOTE_CODE, transformers_config
 from .labels import LABELS
-from .predictor import NotAChestXray, Predictor
 from .preprocessing import eval_transform, input_size, preprocessing_config
 
-DEFAULT_MODEL = "outputs/best"  # where the trainer saves the best model; the app's and the commands' default
-REMOTE_CODE = Path(__file__).resolve().parent / "hub_files" / "modeling_pneumonia.py"
+# Old import paths (`from serving.model import load_model`, ...) keep working: name -> the module that defines it
+MOVED = {"DEFAULT_MODEL": "serving.loading", "ModelNotFound": "serving.loading", "add_model_argument": "serving.loading",
+         "load_model": "serving.loading", "NotAChestXray": "serving.predictor", "Predictor": "serving.predictor"}
 
 
-def add_model_argument(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL,
-                       run_folder: bool = False) -> None:
-    """The `--model` option of every command that loads a trained model (a run folder too where `run_folder`)."""
-    where = "A training run folder, its best/," if run_folder else "A folder saved by the trainer (outputs/best)"
-    parser.add_argument("--model", default=default, help=f"{where} or a Hub repo id (NAME/REPO).")
-
-
-class ModelNotFound(RuntimeError):
-    """No usable model at the given folder or Hub id; the message says how to get one."""
+def __getattr__(name: str):
+    if name in MOVED:
+        return getattr(importlib.import_module(MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def frozen_backbone(model_name: str, pretrained: bool = False) -> nn.Module:
@@ -45,14 +40,7 @@ def frozen_backbone(model_name: str, pretrained: bool = False) -> nn.Module:
     return backbone.eval()
 
 
-class PneumoniaClassifier(
-    nn.Module,
-    PyTorchModelHubMixin,
-    library_name="timm",
-    pipeline_tag="image-classification",
-    license="cc-by-4.0",
-    tags=["chest-x-ray", "pneumonia", "medical-imaging", "research-only"],
-):
+class PneumoniaClassifier(nn.Module, PyTorchModelHubMixin, **CARD_METADATA):
     """NORMAL vs PNEUMONIA classifier; its `__init__` arguments are its saved config.
 
     `PneumoniaClassifier.from_pretrained(dir_or_repo_id)` reloads a saved model (in eval mode);
@@ -138,7 +126,7 @@ class PneumoniaClassifier(
         self.guard_precision.copy_(precision)
         self.guard_threshold.copy_(threshold)
 
-    # Prediction (serving/predictor.py does the work)
+    # Prediction: a shortcut kept for users; the work is serving/predictor.py's
 
     def predict(self, image: str | Path | Image.Image, allow_non_xray: bool = False) -> dict[str, float]:
         """`{label: calibrated probability}` for an image file (JPEG, PNG, DICOM...) or a PIL image (any mode).
@@ -146,6 +134,8 @@ class PneumoniaClassifier(
         Raises NotAChestXray (an InputImageError, with the Space's sentence) for an image that does not look like a
         chest X-ray, unless `allow_non_xray` asks for the probabilities anyway; InputImageError for an unusable file.
         """
+        from .predictor import NotAChestXray, Predictor  # the predictor holds a model, not the other way round
+
         prediction = Predictor(self, engine="eager").analyse(image)
         if not (prediction.looks_like_xray or allow_non_xray):
             raise NotAChestXray(prediction)
@@ -153,42 +143,10 @@ class PneumoniaClassifier(
 
     # Save / load
 
-    def transformers_config(self) -> dict:
-        """Keys that let `transformers` load the same folder with `trust_remote_code=True`."""
-        return {
-            "model_type": "pneumonia_classifier",
-            "architectures": ["PneumoniaForImageClassification"],
-            "auto_map": {"AutoConfig": "modeling_pneumonia.PneumoniaConfig",
-                         "AutoModelForImageClassification": "modeling_pneumonia.PneumoniaForImageClassification",
-                         "AutoImageProcessor": "modeling_pneumonia.PneumoniaImageProcessor"},
-            # pipeline("image-classification", trust_remote_code=True) ranks the decided label first
-            "custom_pipelines": {"image-classification": {
-                "impl": "modeling_pneumonia.PneumoniaClassificationPipeline",
-                "pt": ["AutoModelForImageClassification"], "type": "image"}},
-            "id2label": dict(enumerate(self.labels)),
-            "label2id": {label: i for i, label in enumerate(self.labels)},
-            "num_features": self.backbone.num_features,
-            # the image processor (TimmWrapperImageProcessor, subclassed in the remote code) reads this
-            "pretrained_cfg": self.preprocessing,
-        }
-
     def _save_pretrained(self, save_directory: Path) -> None:
         """Weights (safetensors), one config.json for both loaders (and the image processor), the remote code."""
         super()._save_pretrained(save_directory)
-        config = {**self._hub_mixin_config, **self.transformers_config()}
+        config = {**self._hub_mixin_config,
+                  **transformers_config(self.labels, self.backbone.num_features, self.preprocessing)}
         (save_directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         shutil.copy(REMOTE_CODE, save_directory / REMOTE_CODE.name)
-
-
-def load_model(model_id: str) -> PneumoniaClassifier:
-    """The model of a trainer output folder or Hub repo, in eval mode; ModelNotFound, saying what to do, when there
-    is none. Serve it through `Predictor(model)`."""
-    try:
-        model = PneumoniaClassifier.from_pretrained(model_id)
-    except (OSError, ValueError, EntryNotFoundError) as error:  # no folder, unknown repo, offline Hub, bad id
-        raise ModelNotFound(
-            f"No model could be loaded from {model_id!r} ({type(error).__name__}: {error}).\n"
-            "Train one with `python -m trainer --output_dir outputs` (add --no_pretrained offline), or give a folder "
-            "saved by the trainer (outputs/best) or a Hub repo id such as NAME/REPO."
-        ) from error
-    return model

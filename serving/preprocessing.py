@@ -64,10 +64,11 @@ def input_size(preprocessing: dict) -> tuple[int, int]:
     return width, height
 
 
-def draft(image: Image.Image, size: tuple[int, int] | None) -> Image.Image:
-    """Before decoding: make a JPEG decode at the smallest DCT scale still covering `size` (else a no-op)."""
+def draft(image: Image.Image, size: tuple[int, int] | None, mode: str | None = None) -> Image.Image:
+    """Before decoding: make a JPEG decode at the smallest DCT scale still covering `size` (else a no-op), in `mode`
+    ("L": grey only) or its own."""
     if size is not None:
-        image.draft(image.mode, size)  # returns None, changing nothing, for other formats or loaded images
+        image.draft(mode or image.mode, size)  # returns None, changing nothing, for other formats or loaded images
     return image
 
 

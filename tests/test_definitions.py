@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from serving import guard, labels
-from serving.model import REMOTE_CODE
+from serving.hub_format import REMOTE_CODE
 from trainer.evaluation import load_metric
 from trainer.metrics.pneumonia_metrics import LABEL_NAMES
 from trainer.report import screening_metrics

@@ -146,10 +146,10 @@ def test_a_space_push_to_someone_elses_space_is_refused_in_one_line(hub):
 def test_a_dataset_push_to_someone_elses_namespace_is_refused_in_one_line(hub, tiny_sample, capsys):
     from dataset_scripts.push_dataset import main as push_dataset
 
-    assert push_dataset([str(tiny_sample), "--repo_id", f"{USER}/not-theirs", "--token", OTHER_TOKEN]) == 1
+    assert push_dataset([str(tiny_sample), "--repo_id", f"{USER}/not-theirs", "--hub_token", OTHER_TOKEN]) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "403" in error and f"may not write to {USER}/not-theirs" in error
-    assert "--token" in error
+    assert "--hub_token" in error
 
 
 def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_run(trained_run, monkeypatch):
@@ -243,7 +243,9 @@ def test_the_readme_command_trains_on_imagenet_weights_from_the_hub_and_names_th
     command = [sys.executable, "-m", "accelerate.commands.launch", "-m", "trainer", "--data_dir", str(SAMPLE_DIR),
                "--output_dir", str(output_dir), "--num_train_epochs", "1",
                *[option for option in FAST_TRAINING if option != "--no_pretrained"]]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    # a Hub cache of its own: the session's other tests expect no ImageNet weights in theirs
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub-cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     published = load_file(weights / "model.safetensors")
     trained = PneumoniaClassifier.from_pretrained(output_dir / "best")

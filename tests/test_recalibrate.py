@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from serving.model import load_model
+from serving.loading import load_model
 from serving.predictor import Predictor
 from tests.conftest import SAMPLE_DIR, cli_error, sample_images, start_pipeline
 from tests.hub_server import TOKEN, USER

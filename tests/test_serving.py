@@ -173,7 +173,7 @@ def test_the_space_decodes_an_upload_once_and_answers_exactly_as_every_entry_poi
     uploads = {"sample JPEG": (sample_images("test", "PNEUMONIA", 1)[0], 1), "large PNG": (tmp_path / "large.png", 1),
                "DICOM": (dicom_variants(tmp_path)["mono1_12bit"], 1), "large JPEG": (tmp_path / "large.jpeg", 2)}
     decodes = []
-    for reader in ("bitmap_to_image", "dicom_to_image"):
+    for reader in ("open_bitmap", "dicom_to_image"):
         real = getattr(images, reader)
         monkeypatch.setattr(images, reader, lambda *args, real=real: decodes.append(args[0]) or real(*args))
     for name, (path, expected_decodes) in uploads.items():

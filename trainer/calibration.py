@@ -4,6 +4,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
+from serving.labels import POSITIVE_INDEX
+
 # A validation set too small or a model too weak to say anything can send T to extremes; keep it sane.
 TEMPERATURE_RANGE = (0.05, 20.0)
 THRESHOLD_STRATEGIES = ("youden", "sensitivity:TARGET (e.g. sensitivity:0.95)", "fixed:VALUE (e.g. fixed:0.5)")
@@ -50,7 +52,7 @@ def fit_operating_point(logits: torch.Tensor, labels: np.ndarray, strategy: str)
     """(temperature, threshold) fitted on these logits and labels: the temperature first, then the threshold on
     the calibrated P(PNEUMONIA) by `strategy`."""
     temperature = fit_temperature(logits, torch.from_numpy(labels))
-    scores = (logits / temperature).softmax(dim=-1)[:, 1].numpy()
+    scores = (logits / temperature).softmax(dim=-1)[:, POSITIVE_INDEX].numpy()
     return temperature, choose_threshold(labels, scores, strategy)
 
 
@@ -67,7 +69,7 @@ def check_threshold_strategy(strategy: str) -> None:
 def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
     """ECE of the predicted class's confidence, equal-width bins."""
     predictions = (scores >= 0.5).astype(int)
-    confidence = np.where(predictions == 1, scores, 1 - scores)
+    confidence = np.where(predictions == POSITIVE_INDEX, scores, 1 - scores)
     correct = predictions == labels
     edges = np.linspace(0.5, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)

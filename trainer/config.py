@@ -1,19 +1,17 @@
-"""Every training option in one dataclass; the command line is generated from it, one flag per field."""
+"""Every training option in one dataclass; the command line is generated from it, one flag per field. Options other
+commands share (seed, inference batch size and workers, extraction engine, Hub token and privacy) come from
+trainer/options.py, where each is declared once."""
 
 import argparse
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .calibration import check_threshold_strategy
 from .data import BUNDLED_SAMPLE
-
-
-def option(default, help: str, **argparse_kwargs):
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
+from .options import ExtractionOption, HubOptions, InferenceOptions, SeedOption, add_options, option
 
 
 @dataclass
-class TrainingConfig:
+class TrainingConfig(SeedOption, InferenceOptions, ExtractionOption, HubOptions):
     # Data
     data_dir: str | None = option(None, "Kaggle-layout folder with train/ and test/ (each with NORMAL/ and PNEUMONIA/). "
                                   "Without it or --dataset_name: the small real sample bundled with the repository.")
@@ -44,7 +42,6 @@ class TrainingConfig:
     # Optimisation
     num_train_epochs: int = option(10, "Number of training epochs.")
     per_device_train_batch_size: int = option(32, "Training batch size per process.")
-    per_device_eval_batch_size: int = option(64, "Evaluation batch size per process.")
     learning_rate: float = option(1e-3, "Adam learning rate for the head.")
     weight_decay: float = option(0.0, "Adam weight decay.")
     metric_for_best_model: str = option(
@@ -65,24 +62,14 @@ class TrainingConfig:
     cache_views: int = option(3, "Feature cache: compute backbone features once, for K augmented views of each "
                               "training image (K=1: one un-augmented view); 0 decodes and runs the backbone on "
                               "every image in every epoch.")
-    extraction_engine: str = option(
-        "auto", "What runs the frozen backbone outside training (the cached views, the guard's and the test set's "
-        "passes): onnxruntime (the backbone exported to ONNX once and kept in the export cache; features within "
-        "1e-6 of eager), eager (PyTorch, channels_last), or auto: onnxruntime on a CPU in fp32, eager on a GPU or in "
-        "mixed precision.", choices=["auto", "eager", "onnxruntime"])
     cache_dir: str | None = option(None, "Where cached features live (default: OUTPUT_DIR/feature_cache); "
                                    "a run with the same data, backbone and recipe reuses them.")
-    # Runtime
-    seed: int = option(42, "Seed for the split, the head initialisation and data order.")
-    num_workers: int = option(2, "DataLoader worker processes per process.")
     # Checkpoints
     checkpoint_total_limit: int = option(2, "Resumable states kept in OUTPUT_DIR/checkpoints (one saved per epoch).")
     resume_from_checkpoint: str | None = option(None, "Continue a run: `latest` or a checkpoint folder.")
     # Hub
     push_to_hub: bool = option(False, "Push the best model, card and results to the Hub when training ends.")
     hub_model_id: str | None = option(None, "Model repo to push to, NAME/REPO.")
-    hub_token: str | None = option(None, "Hub token (default: HF_TOKEN or the saved `hf auth login`).")
-    hub_private_repo: bool = option(False, "Create the Hub repo as private.")
     report_to: str | None = option(None, "Experiment tracker for per-epoch metrics through Accelerate, e.g. "
                                    "tensorboard (logs under OUTPUT_DIR/runs; needs `pip install tensorboard`).")
     log_level: str = option("info", "info: one line per epoch and the stages; debug: also Accelerate's and the "
@@ -114,19 +101,7 @@ class TrainingConfig:
 
 def build_parser(config_class=TrainingConfig, description: str = "") -> argparse.ArgumentParser:
     """An argparse parser with one flag per dataclass field; bools default-True become `--no_X`."""
-    parser = argparse.ArgumentParser(description=description)
-    for config_field in dataclasses.fields(config_class):
-        meta = dict(config_field.metadata)
-        help_text = f"{meta.pop('help')} (default: {config_field.default})"
-        if config_field.type is bool or config_field.type == "bool":
-            flag = meta.pop("flag", f"--{config_field.name}")
-            action = "store_false" if config_field.default else "store_true"
-            parser.add_argument(flag, dest=config_field.name, action=action, help=help_text)
-        else:
-            value_type = {int: int, float: float}.get(config_field.type, str)
-            parser.add_argument(f"--{config_field.name}", type=value_type, default=config_field.default,
-                                help=help_text, **meta)
-    return parser
+    return add_options(argparse.ArgumentParser(description=description), config_class)
 
 
 def parse_config(argv=None) -> TrainingConfig:

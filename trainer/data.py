@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from serving.images import BITMAP_SUFFIXES, ArchiveWalk
+from serving.images import BITMAP_SUFFIXES, ArchiveWalk, InputImageError, open_bitmap
 from serving.labels import LABELS
 from serving.preprocessing import eval_transform
 
@@ -75,11 +75,9 @@ def check_layout(data_dir: Path) -> None:
 def is_readable(path: Path) -> bool:
     """Decode at reduced scale (JPEG draft mode): catches truncated and corrupt files cheaply."""
     try:
-        with Image.open(path) as image:
-            image.draft("L", (64, 64))
-            image.load()
+        open_bitmap(path, (64, 64), "L")
         return True
-    except (OSError, SyntaxError, ValueError):
+    except InputImageError:
         return False
 
 

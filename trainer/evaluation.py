@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from serving.model import ModelNotFound, add_model_argument, load_model
+from serving.labels import POSITIVE_INDEX
+from serving.loading import ModelNotFound, add_model_argument, load_model
 from serving.predictor import Predictor
 
 from .calibration import brier_score, expected_calibration_error
 from .data import BUNDLED_SAMPLE, DatasetLayoutError, load_chest_xray, make_loader
 from .features import Extractor, resolve_engine
+from .options import ExtractionOption, InferenceOptions, add_options
 from .report import bootstrap_intervals, plot_confusion_matrix, plot_precision_recall, plot_reliability, plot_roc
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "pneumonia_metrics.py"
@@ -80,9 +82,9 @@ def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: data
     labels, logits = np.array(test["label"]), predict_logits(model, loader, accelerator, engine)
     # Calibration and decision exactly as the app, the CLI and PneumoniaClassifier.predict make them
     predictor = Predictor(model, engine="eager")  # only its calibration and decision: the logits are made above
-    scores = predictor.probabilities(logits)[:, 1].numpy()
+    scores = predictor.probabilities(logits)[:, POSITIVE_INDEX].numpy()
     decisions = np.array([model.labels.index(predictor.decide(score)) for score in scores])
-    raw_scores = logits.softmax(dim=-1)[:, 1].numpy()
+    raw_scores = logits.softmax(dim=-1)[:, POSITIVE_INDEX].numpy()
     results = {f"test_{key}": value for key, value in compute_metrics(labels, scores, decisions).items()}
     at_half = (scores >= 0.5).astype(np.int64)
     results |= {f"test_at_0.5_{key}": value for key, value in compute_metrics(labels, scores, at_half).items()
@@ -109,10 +111,7 @@ def main(argv=None) -> dict:
     add_model_argument(parser)
     parser.add_argument("--data_dir", default=str(BUNDLED_SAMPLE), help="Kaggle-layout folder; only test/ is used.")
     parser.add_argument("--output_dir", default="outputs/eval", help="Where eval_results.json and plots are written.")
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Batch size per process.")
-    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes.")
-    parser.add_argument("--extraction_engine", default="auto", choices=["auto", "eager", "onnxruntime"],
-                        help="What runs the backbone: as the trainer's option of the same name.")
+    add_options(parser, InferenceOptions, ExtractionOption)
     args = parser.parse_args(argv)
 
     accelerator = Accelerator()

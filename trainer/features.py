@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from serving.files import atomic_write
 from serving.guard import GUARD_STAGES, stage_statistics
 from serving.runtime import INPUT, onnx_bytes, onnx_session
 
@@ -170,9 +171,8 @@ def cached_features(split: datasets.Dataset, name: str, views: int, transform, c
     cached = {"features": torch.stack(features), "statistics": statistics.contiguous()}
     if accelerator.is_main_process:  # written whole, then renamed: a run sharing the folder never reads half a file
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        save_file(cached, partial)
-        partial.replace(path)
+        with atomic_write(path) as partial:
+            save_file(cached, partial)
     accelerator.wait_for_everyone()
     return cached
 

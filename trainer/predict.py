@@ -35,12 +35,14 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from serving.batch import csv_columns, predict_stream
+from serving.files import atomic_write
 from serving.fingerprint import weights_sha256
 from serving.images import ArchiveWalk, InputImageError
 from serving.labels import NOT_A_CHEST_XRAY
-from serving.model import ModelNotFound, add_model_argument, load_model
+from serving.loading import ModelNotFound, add_model_argument, load_model
 from serving.predictor import Predictor
 
+from .options import InferenceOptions, add_options
 from .threads import use_available_cores
 
 SKIPPED_SHOWN = 10  # skipped files named in the summary; the rest are counted
@@ -86,9 +88,8 @@ def check_same_model(output: Path, record: dict) -> None:
 
 
 def write_record(output: Path, record: dict) -> None:
-    partial = record_file(output).with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=1))
-    partial.replace(record_file(output))
+    with atomic_write(record_file(output)) as partial:
+        partial.write_text(json.dumps(record, indent=1))
 
 
 def written_whole(path: Path) -> str:
@@ -129,7 +130,7 @@ def predict_share(predictor: Predictor, share: Share, output: Path, columns: lis
         writer = csv.DictWriter(file, fieldnames=columns)
         if new_file:
             writer.writeheader()
-        for rows in predict_stream(predictor, share, args.batch_size, args.num_workers, args.heatmaps):
+        for rows in predict_stream(predictor, share, args.per_device_eval_batch_size, args.num_workers, args.heatmaps):
             writer.writerows(row for _, row in rows)
             file.flush()
 
@@ -143,12 +144,10 @@ def merge(output: Path, walk: ArchiveWalk, columns: list[str]) -> tuple[list[dic
             skipped.append(path)
         elif str(path) in done:
             rows.append(done[str(path)])
-    partial = output.with_name(f".{output.name}.merging")
-    with open(partial, "w", newline="") as file:
+    with atomic_write(output) as partial, open(partial, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    partial.replace(output)
     for part in part_files(output):
         part.unlink()
     return rows, skipped
@@ -172,8 +171,7 @@ def main(argv=None) -> None:
                         help="Start afresh instead of completing the rows an earlier run left in --output.")
     parser.add_argument("--heatmaps", type=Path, default=None,
                         help="Folder for one Grad-CAM overlay PNG per image (created); none by default.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Images per forward pass.")
-    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes for decoding, per process.")
+    add_options(parser, InferenceOptions)
     parser.add_argument("--eager", action="store_true", help="Predict with eager PyTorch instead of ONNX Runtime.")
     args = parser.parse_args(argv)
 

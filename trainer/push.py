@@ -24,6 +24,7 @@ from serving import PneumoniaClassifier
 from serving.browser_model import browser_files
 
 from .model_card import build_model_card
+from .options import HubOptions, add_options
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir", help="The trainer's --output_dir of a finished run.")
     parser.add_argument("--hub_model_id", required=True, help="Model repo to push to, NAME/REPO.")
-    parser.add_argument("--hub_token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
-    parser.add_argument("--hub_private_repo", action="store_true", help="Create the repo as private.")
+    add_options(parser, HubOptions)
     args = parser.parse_args(argv)
     try:
         commit = push_run(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)

@@ -24,6 +24,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, Sp
 
 from serving.upload import example_files
 
+from .options import HubOptions, add_options
 from .push import PushError, push_failure
 from .static_server import CROSS_ORIGIN_ISOLATION
 
@@ -148,13 +149,15 @@ def gradio_space_operations(model_id: str) -> list[CommitOperationAdd]:
             CommitOperationAdd("README.md", str(space_card(model_id)).encode())]
 
 
-def push_space(space_id: str, model_id: str, token: str | None = None, static: bool = False) -> CommitInfo:
+def push_space(space_id: str, model_id: str, token: str | None = None, static: bool = False,
+               private: bool = False) -> CommitInfo:
     """Create or update the Space (the Gradio app, or with `static` the private-mode page) serving `model_id`."""
     api = HfApi(token=token)
     operations = ([CommitOperationAdd(name, content) for name, content in static_site(model_id, api.endpoint, token).items()]
                   if static else gradio_space_operations(model_id))
     try:
-        api.create_repo(space_id, repo_type="space", space_sdk="static" if static else "gradio", exist_ok=True)
+        api.create_repo(space_id, repo_type="space", space_sdk="static" if static else "gradio", private=private,
+                        exist_ok=True)
         commit = api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy Pneumonia Detector")
         if not static:
             api.add_space_variable(space_id, "MODEL_ID", model_id, description="Model repo the app loads")
@@ -168,7 +171,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space_id", help="Space repo, NAME/SPACE.")
     parser.add_argument("--hub_model_id", required=True, help="Model repo the Space serves, NAME/REPO.")
-    parser.add_argument("--hub_token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
+    add_options(parser, HubOptions)
     parser.add_argument("--static", action="store_true",
                         help="Deploy private mode: a static page that runs the model in the visitor's browser.")
     parser.add_argument("--local_dir", help="With --static: write the page to this folder instead of pushing a Space "
@@ -182,7 +185,7 @@ def main(argv=None) -> None:
     if not args.space_id:
         parser.error("--space_id is required (or --static --local_dir DIR to write the page to a folder)")
     try:
-        commit = push_space(args.space_id, args.hub_model_id, args.hub_token, args.static)
+        commit = push_space(args.space_id, args.hub_model_id, args.hub_token, args.static, args.hub_private_repo)
     except PushError as error:
         sys.exit(f"error: {error}")
     print(f"Deployed the Space {commit.repo_url} serving {args.hub_model_id}")

@@ -25,14 +25,15 @@ from tqdm.auto import tqdm
 
 from serving.batch import ImageStream, collate
 from serving.images import ACCEPTED_SUFFIXES, ArchiveWalk
-from serving.labels import LABELS
-from serving.model import ModelNotFound, add_model_argument, load_model
+from serving.labels import LABELS, POSITIVE_INDEX
+from serving.loading import ModelNotFound, add_model_argument, load_model
 from serving.predictor import Predictor
 
 from .calibration import brier_score, check_threshold_strategy, expected_calibration_error, fit_operating_point
 from .data import indented, patient_id
 from .evaluation import write_json
 from .model_card import write_model_card
+from .options import InferenceOptions, SeedOption, add_options
 from .push import RUN_FILES
 from .report import bootstrap_intervals, plot_reliability, screening_metrics
 
@@ -92,15 +93,15 @@ def cross_fitted(logits: torch.Tensor, labels: np.ndarray, groups: list[str], st
     folds = StratifiedGroupKFold(n_splits=CROSS_FIT_FOLDS, shuffle=True, random_state=seed)
     for fit_on, held_out in folds.split(np.zeros(len(labels)), labels, groups):
         temperature, threshold = fit_operating_point(logits[fit_on], labels[fit_on], strategy)
-        scores[held_out] = (logits[held_out] / temperature).softmax(dim=-1)[:, 1].numpy()
+        scores[held_out] = (logits[held_out] / temperature).softmax(dim=-1)[:, POSITIVE_INDEX].numpy()
         thresholds[held_out] = threshold
     return scores, thresholds
 
 
-def site_metrics(labels: np.ndarray, scores: np.ndarray, thresholds: float | np.ndarray) -> dict:
+def site_metrics(labels: np.ndarray, scores: np.ndarray, thresholds: float | np.ndarray, seed: int) -> dict:
     metrics = screening_metrics(labels, (scores >= thresholds).astype(int), scores)
     return {**{k: float(v) for k, v in metrics.items()}, "ece": expected_calibration_error(labels, scores),
-            "brier": brier_score(labels, scores), "ci95": bootstrap_intervals(labels, scores, thresholds)}
+            "brier": brier_score(labels, scores), "ci95": bootstrap_intervals(labels, scores, thresholds, seed=seed)}
 
 
 def model_and_run_files(model_id: str) -> tuple[str, Path | None]:
@@ -117,8 +118,9 @@ def model_and_run_files(model_id: str) -> tuple[str, Path | None]:
         return model_id, None
 
 
-def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str, batch_size: int = 32,
-                num_workers: int = 2, seed: int = 0) -> dict:
+def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str,
+                batch_size: int = InferenceOptions.per_device_eval_batch_size,
+                num_workers: int = InferenceOptions.num_workers, seed: int = SeedOption.seed) -> dict:
     """Refit temperature and threshold on the site's images; write OUTPUT_DIR; return the report."""
     paths, labels = site_images(site_dir)
     model_path, run_files = model_and_run_files(model_id)
@@ -128,7 +130,7 @@ def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str, 
 
     before = {"temperature": float(model.temperature), "threshold": model.threshold}
     temperature, threshold = fit_operating_point(logits, labels, strategy)
-    scores_before = predictor.probabilities(logits)[:, 1].numpy()
+    scores_before = predictor.probabilities(logits)[:, POSITIVE_INDEX].numpy()
     scores_after, thresholds_after = cross_fitted(logits, labels, [patient_id(p.name) for p in paths], strategy, seed)
     report = {
         "model": model_id, "site_dir": str(site_dir), "threshold_strategy": strategy,
@@ -136,8 +138,8 @@ def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str, 
         "site_images_flagged_not_xray": int((~looks_like_xray).sum()),
         "changed": {"temperature": [before["temperature"], temperature], "threshold": [before["threshold"], threshold]},
         "unchanged": "all weights, the preprocessing and the not-an-X-ray guard",
-        "before": site_metrics(labels, scores_before, before["threshold"]),
-        "after_cross_fitted": site_metrics(labels, scores_after, thresholds_after),
+        "before": site_metrics(labels, scores_before, before["threshold"], seed),
+        "after_cross_fitted": site_metrics(labels, scores_after, thresholds_after, seed),
         "after_procedure": f"{CROSS_FIT_FOLDS}-fold cross-fitting grouped by patient (file-name pattern; other "
                            "names count as their own patient): each image scored with a temperature and threshold "
                            "fitted on the other folds. The saved model's are fitted on all site images.",
@@ -178,9 +180,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threshold_strategy", default="youden",
                         help="youden, sensitivity:T or fixed:V, chosen on the site's images (default: youden).")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="Write into an --output_dir that holds a model.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Images per forward pass.")
-    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes for decoding.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the cross-fitting folds and the bootstrap.")
+    add_options(parser, InferenceOptions, SeedOption)
     args = parser.parse_args(argv)
 
     try:
@@ -192,8 +192,8 @@ def main(argv=None) -> dict:
         if (output_dir / "best").exists() and not args.overwrite_output_dir:
             raise SiteDataError(f"{output_dir} already holds a model (best/); choose another --output_dir or pass "
                                 "--overwrite_output_dir.")
-        report = recalibrate(args.model, Path(args.data_dir), output_dir, args.threshold_strategy, args.batch_size,
-                             args.num_workers, args.seed)
+        report = recalibrate(args.model, Path(args.data_dir), output_dir, args.threshold_strategy,
+                             args.per_device_eval_batch_size, args.num_workers, args.seed)
     except (SiteDataError, ModelNotFound) as error:
         sys.exit(f"error: {error}")
     print(summary(report))

@@ -9,6 +9,10 @@ from scipy.stats import rankdata
 from sklearn.calibration import CalibrationDisplay
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
+from serving.labels import POSITIVE_INDEX
+
+from .options import SeedOption
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
@@ -23,7 +27,7 @@ def batched_screening_metrics(labels: np.ndarray, predictions: np.ndarray, score
     """`screening_metrics` of each row of (R, N) arrays at once (the bootstrap's 1,000 resamples in one pass:
     1,000 sklearn calls took ~8 s). ROC-AUC is the Mann-Whitney statistic of the scores' ranks (ties averaged),
     which is what sklearn's roc_auc_score computes; NaN for a row with one class only."""
-    positive, predicted = labels == 1, predictions == 1
+    positive, predicted = labels == POSITIVE_INDEX, predictions == POSITIVE_INDEX
     tp, fp = (positive & predicted).sum(axis=1), (~positive & predicted).sum(axis=1)
     fn, tn = (positive & ~predicted).sum(axis=1), (~positive & ~predicted).sum(axis=1)
     positives, negatives = positive.sum(axis=1), (~positive).sum(axis=1)
@@ -45,7 +49,7 @@ def stratified_resamples(labels: np.ndarray, resamples: int, seed: int) -> Itera
 
 
 def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray, resamples: int = 1000,
-                        seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+                        seed: int = SeedOption.seed, level: float = 0.95) -> dict[str, list[float]]:
     """Percentile intervals from stratified resampling (see `stratified_resamples`); `threshold` is one value or
     one per image (cross-fitted thresholds)."""
     predictions = (scores >= np.broadcast_to(threshold, scores.shape)).astype(int)
@@ -72,7 +76,7 @@ def plot_roc(labels, scores, threshold: float, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(5, 5))
     RocCurveDisplay.from_predictions(labels, scores, ax=axes, name="test", plot_chance_level=True)
     predicted = scores >= threshold
-    sensitivity, fpr = predicted[labels == 1].mean(), predicted[labels == 0].mean()
+    sensitivity, fpr = predicted[labels == POSITIVE_INDEX].mean(), predicted[labels != POSITIVE_INDEX].mean()
     axes.plot(fpr, sensitivity, "o", color="crimson", label=f"operating point (threshold {threshold:.3f})")
     axes.set_title("ROC curve, test set")
     axes.legend(loc="lower right")
