@@ -103,6 +103,23 @@ def start_pipeline(model_id: str, images: list, cwd):
     return start_clean_python(code, cwd)
 
 
+def wait_until_serving(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> str:
+    """Wait until a server the test started answers `url`; its page, or the end of its log if it stops or hangs."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read().decode(errors="replace")
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{url} was not served:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
 def data_url(path, mime: str) -> str:
     """How an MCP client hands the tool a file it holds: a base64 data URL (Gradio also takes http(s) URLs)."""
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
@@ -237,8 +254,6 @@ def app_url(served_run, tmp_path_factory):
     """`python app.py` serving the session's served model on a free loopback port."""
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     output_dir = served_run
     port = free_port()
@@ -253,16 +268,7 @@ def app_url(served_run, tmp_path_factory):
 
     Predictor(PneumoniaClassifier.from_pretrained(output_dir / "best"))
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"app.py did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    wait_until_serving(url, process, log)
     yield url
     process.terminate()
     process.wait(timeout=30)

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.app_inputs import write_dicom
-from tests.conftest import REPO_ROOT, free_port, sample_images, start_clean_python
+from tests.conftest import REPO_ROOT, free_port, sample_images, start_clean_python, wait_until_serving
 from trainer.predict import main as predict
 
 pytestmark = pytest.mark.slow
@@ -81,19 +80,6 @@ def start_endpoint(folder: Path, model_id: str, tmp_path: Path) -> tuple[subproc
     return process, f"http://127.0.0.1:{port}/"
 
 
-def wait_until_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            urllib.request.urlopen(url + "health", timeout=2)
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"the endpoint did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-
-
 def post(url: str, body: bytes, content_type: str) -> tuple[int, object]:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
     try:
@@ -147,7 +133,7 @@ def answers(installed, pushed_served_model, inputs, tmp_path_factory) -> dict[st
     results = {}
     for version, (pipeline_answers, endpoint, url, work) in started.items():
         try:
-            wait_until_healthy(endpoint, url, work / "endpoint.log")
+            wait_until_serving(url + "health", endpoint, work / "endpoint.log", seconds=300)
             with ThreadPoolExecutor(4) as clients:
                 replies = dict(zip(requests, clients.map(lambda request: post(url, *request), requests.values())))
         finally:

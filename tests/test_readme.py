@@ -7,12 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, wait_until_serving
 from tests.hub_server import TOKEN, USER
 
 pytestmark = pytest.mark.slow
@@ -66,20 +64,13 @@ def test_the_readmes_first_use_commands_work_on_a_fresh_copy(fresh_copy, hub):
     app = readme_command("MODEL_ID=outputs/best python app.py")
     assignment, command = app.split(" ", 1)
     port = free_port()
-    process = subprocess.Popen(as_run_here(command), cwd=fresh_copy, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True,
-                               env=env | dict([assignment.split("=")]) | {"GRADIO_SERVER_PORT": str(port),
-                                                                          "GRADIO_SERVER_NAME": "127.0.0.1"})
+    log = fresh_copy / "app.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(as_run_here(command), cwd=fresh_copy, stdout=output, stderr=output,
+                                   env=env | dict([assignment.split("=")]) | {"GRADIO_SERVER_PORT": str(port),
+                                                                              "GRADIO_SERVER_NAME": "127.0.0.1"})
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
-                time.sleep(0.5)
-        assert "gradio" in page.lower()
+        assert "gradio" in wait_until_serving(f"http://127.0.0.1:{port}/", process, log).lower()
     finally:
         process.terminate()
         process.wait(timeout=30)
