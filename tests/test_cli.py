@@ -41,7 +41,10 @@ def test_trainer_offline_with_pretrained_weights_stops_at_once(tmp_path, monkeyp
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 in the shell sets
     started = time.perf_counter()
     message = cli_error(trainer, ["--output_dir", str(tmp_path / "out")])
-    assert "ImageNet weights" in message and "--no_pretrained" in message
+    # the offline branch, before any data is read or any file written
+    assert "are not in the local cache and the Hub" in message and "is disabled by HF_HUB_OFFLINE" in message
+    assert "--pretrained_weights" in message and "--no_pretrained" in message
+    assert not (tmp_path / "out").exists()
     assert time.perf_counter() - started < 60
 
 

@@ -3,7 +3,7 @@ under transformers 4.51.3 (the Inference Endpoints image's) and the last 4.x rel
 huggingface_hub, installed by pip into throwaway folders; the Endpoint handler served the way the Inference Endpoints
 toolkit serves it (tests/endpoint_toolkit.py); its requirements.txt resolved against the image's pins. Every process
 here is a clean Python that cannot import the project. Under the project's own transformers 5, the pipeline is
-tested in test_pipeline.py and the handler in test_archive.py."""
+tested in test_pipeline.py, and the handler is called directly at the end of this file."""
 
 import base64
 import csv
@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub import snapshot_download
 from PIL import Image
 
-from tests.app_inputs import write_dicom
+from tests.app_inputs import non_xray_files, write_dicom
 from tests.conftest import REPO_ROOT, free_port, sample_images, start_clean_python, wait_until_serving
+from tests.hub_server import TOKEN
 from trainer.predict import main as predict
 
 pytestmark = pytest.mark.slow
@@ -202,3 +204,42 @@ def test_the_repos_requirements_keep_the_endpoint_images_torch_transformers_and_
         assert resolved[name.lower().replace("_", "-")] == version
     required = {line.split("==")[0] for line in REPO_REQUIREMENTS.read_text().splitlines() if line and line[0].isalpha()}
     assert required == {"timm", "pydicom"}  # only what the image lacks
+
+
+def test_the_pushed_endpoint_handler_answers_as_trainer_predict_without_the_project(pushed_served_model,
+                                                                                    served_predictor, tmp_path):
+    snapshot = snapshot_download(pushed_served_model, token=TOKEN, local_dir=tmp_path / "repo")
+    xrays = sample_images("test", "NORMAL", 2) + sample_images("test", "PNEUMONIA", 2)
+    dicom = write_dicom(tmp_path / "xray_as_dicom", np.asarray(Image.open(xrays[3]).convert("L")).astype(np.uint16) * 16,
+                        "MONOCHROME2", bits_stored=12)
+    photo = non_xray_files(tmp_path / "others")["photograph"]
+    requests = {"decoded": [str(p) for p in xrays], "base64": [base64.b64encode(p.read_bytes()).decode()
+                                                                for p in [*xrays, dicom, photo]],
+                "garbage": base64.b64encode(b"this is not an image").decode()}
+    (tmp_path / "requests.json").write_text(json.dumps(requests))
+    code = ("import json, sys\n"
+            "try:\n    import serving\n    sys.exit('serving is importable: not a clean process')\n"
+            "except ImportError:\n    pass\n"
+            f"sys.path.insert(0, {snapshot!r})\n"
+            "from PIL import Image\n"
+            "from handler import EndpointHandler\n"
+            f"handler, requests = EndpointHandler({snapshot!r}), json.loads(open('requests.json').read())\n"
+            "answers = [handler({'inputs': Image.open(path)}) for path in requests['decoded']]\n"
+            "answers += [handler({'inputs': text}) for text in requests['base64']]\n"
+            "try:\n    handler({'inputs': requests['garbage']})\nexcept ValueError as error:\n    answers.append(str(error))\n"
+            "answers.append(handler({'inputs': requests['base64'][3], 'parameters': {'heatmap': True}}))\n"
+            "print(json.dumps(answers))\n")
+    handler_answers = start_clean_python(code, tmp_path)
+    expected = [served_predictor.analyse(p) for p in [*xrays, *xrays, dicom]]
+    expected_map = served_predictor.analyse(xrays[3], heatmap=True).heatmap
+    answers = handler_answers()
+    for answer, prediction in zip(answers[:9], expected):
+        assert answer[0]["label"] == prediction.decision and answer[0]["looks_like_chest_xray"] is True
+        assert answer[0]["threshold"] == pytest.approx(0.8)
+        by_label = {entry["label"]: entry["probability"] for entry in answer}
+        assert by_label == pytest.approx(prediction.probabilities, abs=1e-4)
+    assert answers[9][0]["label"] == "NOT_A_CHEST_XRAY" and answers[9][0]["looks_like_chest_xray"] is False
+    assert "not an image this endpoint can read" in answers[10]
+    # Grad-CAM of the decision, as the project's app computes it
+    assert "heatmap" not in answers[3][0] and answers[11][0]["label"] == expected[3].decision
+    np.testing.assert_allclose(answers[11][0]["heatmap"], expected_map, rtol=1e-3, atol=1e-3 * expected_map.max())

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from tests.conftest import FAST_TRAINING
 from trainer import PneumoniaClassifier
@@ -17,7 +18,15 @@ METRIC_KEYS = ["test_accuracy", "test_roc_auc", "test_sensitivity", "test_specif
 def test_all_results_has_every_key_with_sane_values(trained_run):
     output_dir, returned = trained_run
     results = json.loads((output_dir / "all_results.json").read_text())
-    assert results == json.loads(json.dumps(returned))
+    assert results["test_roc_auc"] == returned["test_roc_auc"]  # the file holds what the run returned
+    # The headline metrics again, independently, from the per-image probabilities the run wrote beside them
+    per_image = json.loads((output_dir / "test_predictions.json").read_text())
+    labels = np.array([entry["label"] for entry in per_image])
+    scores = np.array([entry["pneumonia_probability"] for entry in per_image])
+    decided = (scores >= results["decision_threshold"]).astype(int)
+    assert results["test_roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert results["test_accuracy"] == pytest.approx((decided == labels).mean(), abs=1e-6)
+    assert results["test_confusion_matrix"] == confusion_matrix(labels, decided).tolist()
     for key in METRIC_KEYS:
         assert 0.0 <= results[key] <= 1.0, key
     assert results["test_confusion_matrix_labels"] == ["NORMAL", "PNEUMONIA"]

@@ -21,7 +21,7 @@ from tests.app_inputs import dicom_variants, grey_xray, with_lut, write_dicom
 from tests.conftest import sample_images
 from tests.hub_server import TOKEN, USER
 from tests.web import needs_chromium, serve_folder
-from trainer.push_space import PAGE_FILES, PRIVATE_MODE, model_hosts, page_file, push_space, static_site
+from trainer.push_space import PAGE_FILES, PRIVATE_MODE, model_hosts, page_file, push_space
 from trainer.push_space import main as push_space_main
 from trainer.static_server import CROSS_ORIGIN_ISOLATION, serve_in_background
 
@@ -78,12 +78,19 @@ def storage_origin(hub) -> str:
     return f"http://127.0.0.1:{hub.storage.server_port}"
 
 
-def test_the_site_written_to_a_folder_is_the_one_the_space_gets(tmp_path, monkeypatch, capsys):
+def test_the_site_written_to_a_folder_is_the_page_with_the_hub_and_the_model_filled_in(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     push_space_main(["--static", "--local_dir", "site", "--hub_model_id", "someone/model"])
     assert "python -m trainer.static_server site" in capsys.readouterr().out
-    for name, content in static_site("someone/model", HfApi().endpoint).items():
-        assert (tmp_path / "site" / name).read_bytes() == content, name
+    site, endpoint = tmp_path / "site", HfApi().endpoint
+    for name in PAGE_FILES:  # the page as in private_mode/, its CSP naming the Hub (the repo does not exist there)
+        expected = (PRIVATE_MODE / name).read_bytes()
+        if name == "index.html":
+            expected = expected.replace(b"MODEL_HOSTS", endpoint.encode())
+        assert (site / name).read_bytes() == expected, name
+    assert json.loads((site / "model_repo.json").read_text()) == {"endpoint": endpoint, "model_id": "someone/model",
+                                                                  "revision": "main"}
+    assert SpaceCard.load(site / "README.md").data.models == ["someone/model"]
     with pytest.raises(SystemExit):
         push_space_main(["--hub_model_id", "someone/model"])  # neither a Space nor a folder
     assert "--space_id is required" in capsys.readouterr().err
