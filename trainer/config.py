@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from .calibration import check_threshold_strategy
 from .data import BUNDLED_SAMPLE
-from .options import ExtractionOption, HubOptions, InferenceOptions, SeedOption, add_options, option
+from .options import ExtractionOption, GuardOption, HubOptions, InferenceOptions, SeedOption, add_options, option
 
 
 @dataclass
-class TrainingConfig(SeedOption, InferenceOptions, ExtractionOption, HubOptions):
+class TrainingConfig(SeedOption, InferenceOptions, ExtractionOption, GuardOption, HubOptions):
     # Data
     data_dir: str | None = option(None, "Kaggle-layout folder with train/ and test/ (each with NORMAL/ and PNEUMONIA/). "
                                   "Without it or --dataset_name: the small real sample bundled with the repository.")
@@ -56,8 +56,11 @@ class TrainingConfig(SeedOption, InferenceOptions, ExtractionOption, HubOptions)
     rotation_degrees: float = option(10.0, "Random rotation range (+/- degrees) for training augmentation.")
     augment: bool = option(True, "Augment training images (flip, rotation); --no_augment turns it off.",
                            flag="--no_augment")
-    threshold_strategy: str = option("youden", "Decision threshold, chosen on validation: youden, sensitivity:T "
-                                     "(most specific threshold reaching validation sensitivity T) or fixed:V.")
+    threshold_strategy: str = option("youden", "Decision threshold, chosen on the calibration images: youden, "
+                                     "sensitivity:T (the most specific threshold whose sensitivity reaches T: a point "
+                                     "estimate), sensitivity:T@C (the most specific whose Clopper-Pearson lower bound "
+                                     "of sensitivity reaches T with confidence C, e.g. sensitivity:0.95@0.95) or "
+                                     "fixed:V.")
     # Speed
     cache_views: int = option(3, "Feature cache: compute backbone features once, for K augmented views of each "
                               "training image (K=1: one un-augmented view); 0 decodes and runs the backbone on "
@@ -95,6 +98,8 @@ class TrainingConfig(SeedOption, InferenceOptions, ExtractionOption, HubOptions)
             raise ValueError("--push_to_hub needs --hub_model_id NAME/REPO.")
         if self.pretrained_weights and not self.pretrained:
             raise ValueError("--pretrained_weights and --no_pretrained contradict each other: pass one of them.")
+        if not 0 < self.guard_false_refusal < 1:
+            raise ValueError(f"--guard_false_refusal must be between 0 and 1, got {self.guard_false_refusal}.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}.")
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from serving.guard import mahalanobis
 from serving.labels import POSITIVE_INDEX
 from serving.loading import ModelNotFound, add_model_argument, load_model
 from serving.predictor import Predictor
@@ -34,11 +35,12 @@ def load_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(METRIC_PATH))
 
 
-def predict_logits(model, loader, accelerator: Accelerator, engine: str) -> torch.Tensor:
-    """Logits of every sample once, in loader order, gathered across processes: the backbone through `engine`
-    (trainer/features.py), then the head."""
-    features, _ = Extractor(model, resolve_engine(engine, accelerator))(loader, accelerator, "test")
-    return head_logits(model, features, accelerator)
+def predict_logits(model, loader, accelerator: Accelerator, engine: str) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits and not-an-X-ray guard distances of every sample once, in loader order, gathered across processes: the
+    backbone through `engine` (trainer/features.py), then the head and the guard."""
+    features, statistics = Extractor(model, resolve_engine(engine, accelerator))(loader, accelerator, "test")
+    distances = mahalanobis(torch.from_numpy(statistics), model.guard_mean.cpu(), model.guard_precision.cpu()).numpy()
+    return head_logits(model, features, accelerator), distances
 
 
 @torch.inference_mode()
@@ -79,7 +81,7 @@ def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: data
     """
     model = load_model(str(model_dir)).to(accelerator.device)
     loader = accelerator.prepare(make_loader(test, model.transform, batch_size, False, num_workers))
-    labels, logits = np.array(test["label"]), predict_logits(model, loader, accelerator, engine)
+    labels, (logits, distances) = np.array(test["label"]), predict_logits(model, loader, accelerator, engine)
     # Calibration and decision exactly as the app, the CLI and PneumoniaClassifier.predict make them
     predictor = Predictor(model, engine="eager")  # only its calibration and decision: the logits are made above
     scores = predictor.probabilities(logits)[:, POSITIVE_INDEX].numpy()
@@ -95,7 +97,9 @@ def evaluate_on_test(accelerator: Accelerator, model_dir: str | Path, test: data
                 "test_ece_after_calibration": expected_calibration_error(labels, scores),
                 "test_brier_before_calibration": brier_score(labels, raw_scores),
                 "test_brier_after_calibration": brier_score(labels, scores),
-                "test_ci95": bootstrap_intervals(labels, scores, model.threshold)}
+                "test_ci95": bootstrap_intervals(labels, scores, model.threshold),
+                # every test image is a real chest X-ray: the share the guard refuses is its false-refusal rate
+                "test_guard_false_refusal_rate": float(np.mean(distances > float(model.guard_threshold)))}
     if accelerator.is_main_process:
         write_json([{"path": str(test_dir / name), "label": int(label), "pneumonia_probability": float(score)}
                     for name, label, score in zip(test["file_name"], labels, scores)],

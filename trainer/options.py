@@ -45,6 +45,15 @@ class HubOptions:
     hub_private_repo: bool = option(False, "Create the Hub repo as private.")
 
 
+@dataclass
+class GuardOption:
+    guard_false_refusal: float = option(
+        0.005, "The share of real X-rays the not-an-X-ray guard may refuse (alpha): its limit is the conformal "
+        "quantile of calibration X-rays' distances, so on average at most this share of X-rays like them is refused; "
+        "with fewer than 1/alpha - 1 calibration images the rate that can be guaranteed is 1/(n+1), and that is "
+        "the one stated.")
+
+
 # an earlier spelling -> the option that replaced it
 RENAMED = {"--batch_size": "--per_device_eval_batch_size", "--token": "--hub_token", "--private": "--hub_private_repo"}
 

@@ -1,5 +1,5 @@
-"""Recalibrate a trained model for a new site without retraining: refit the temperature and the decision
-threshold on the site's own labelled images (no weight changes).
+"""Recalibrate a trained model for a new site without retraining: refit the temperature, the decision threshold
+and the not-an-X-ray guard's limit on the site's own labelled images (no weight changes).
 
     python -m trainer.recalibrate --model outputs --data_dir SITE_DIR --output_dir outputs-site [--threshold_strategy youden]
 
@@ -8,7 +8,9 @@ gets a run folder that every loader reads (`best/`) and `python -m trainer.push 
 `recalibration.json` (what changed; the site's metrics before and after, with bootstrap intervals) and
 `recalibration_reliability.png`. The "after" metrics are cross-fitted: each image is scored by a temperature
 and threshold fitted on the other folds (grouped by patient), so they are not flattered by fitting and
-scoring on the same images. Research demo, not for clinical use.
+scoring on the same images. The site's images are its own chest X-rays, so the guard's limit becomes the conformal
+quantile of their distances (--guard_false_refusal); `--threshold_strategy sensitivity:T@C` bounds the sensitivity
+on the site's positives (Clopper-Pearson). Research demo, not for clinical use.
 """
 
 import argparse
@@ -32,8 +34,9 @@ from serving.predictor import Predictor
 from .calibration import brier_score, check_threshold_strategy, expected_calibration_error, fit_operating_point
 from .data import indented, patient_id
 from .evaluation import write_json
+from .feature_guard import conformal_limit
 from .model_card import write_model_card
-from .options import InferenceOptions, SeedOption, add_options
+from .options import GuardOption, InferenceOptions, SeedOption, add_options
 from .push import RUN_FILES
 from .report import bootstrap_intervals, plot_reliability, screening_metrics
 
@@ -70,20 +73,19 @@ def site_images(site_dir: Path) -> tuple[list[Path], np.ndarray]:
 @torch.inference_mode()
 def site_logits(predictor: Predictor, paths: list[Path], batch_size: int,
                 num_workers: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Raw logits and not-an-X-ray verdicts of every image; SiteDataError naming every unreadable file."""
-    logits, looks_like_xray, failures = [None] * len(paths), [None] * len(paths), []
+    """Raw logits and not-an-X-ray guard distances of every image; SiteDataError naming every unreadable file."""
+    logits, distances, failures = [None] * len(paths), [None] * len(paths), []
     loader = DataLoader(ImageStream(list(enumerate(paths)), predictor, keep_images=False), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate)
     for readable, pixels, unreadable in tqdm(loader, desc="site images", unit="batch"):
         failures += [f"{item.path}: {item.error}" for item in unreadable]
         if pixels is not None:
             batch_logits, statistics, _ = predictor.forward(pixels)
-            verdicts = predictor.guard_distances(statistics) <= float(predictor.model.guard_threshold)
-            for item, item_logits, verdict in zip(readable, batch_logits, verdicts):
-                logits[item.index], looks_like_xray[item.index] = item_logits.float().cpu(), bool(verdict)
+            for item, item_logits, distance in zip(readable, batch_logits, predictor.guard_distances(statistics)):
+                logits[item.index], distances[item.index] = item_logits.float().cpu(), float(distance)
     if failures:
         raise SiteDataError(f"{len(failures)} site image(s) cannot be read; fix or remove them:{indented(failures)}")
-    return torch.stack(logits), np.array(looks_like_xray)
+    return torch.stack(logits), np.array(distances)
 
 
 def cross_fitted(logits: torch.Tensor, labels: np.ndarray, groups: list[str], strategy: str,
@@ -92,7 +94,7 @@ def cross_fitted(logits: torch.Tensor, labels: np.ndarray, groups: list[str], st
     scores, thresholds = np.zeros(len(labels)), np.zeros(len(labels))
     folds = StratifiedGroupKFold(n_splits=CROSS_FIT_FOLDS, shuffle=True, random_state=seed)
     for fit_on, held_out in folds.split(np.zeros(len(labels)), labels, groups):
-        temperature, threshold = fit_operating_point(logits[fit_on], labels[fit_on], strategy)
+        temperature, threshold, _ = fit_operating_point(logits[fit_on], labels[fit_on], strategy)
         scores[held_out] = (logits[held_out] / temperature).softmax(dim=-1)[:, POSITIVE_INDEX].numpy()
         thresholds[held_out] = threshold
     return scores, thresholds
@@ -120,24 +122,32 @@ def model_and_run_files(model_id: str) -> tuple[str, Path | None]:
 
 def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str,
                 batch_size: int = InferenceOptions.per_device_eval_batch_size,
-                num_workers: int = InferenceOptions.num_workers, seed: int = SeedOption.seed) -> dict:
+                num_workers: int = InferenceOptions.num_workers, seed: int = SeedOption.seed,
+                guard_false_refusal: float = GuardOption.guard_false_refusal) -> dict:
     """Refit temperature and threshold on the site's images; write OUTPUT_DIR; return the report."""
     paths, labels = site_images(site_dir)
     model_path, run_files = model_and_run_files(model_id)
     model = load_model(model_path)
     predictor = Predictor(model)
-    logits, looks_like_xray = site_logits(predictor, paths, batch_size, num_workers)
+    logits, distances = site_logits(predictor, paths, batch_size, num_workers)
 
-    before = {"temperature": float(model.temperature), "threshold": model.threshold}
-    temperature, threshold = fit_operating_point(logits, labels, strategy)
+    before = {"temperature": float(model.temperature), "threshold": model.threshold,
+              "guard_limit": float(model.guard_threshold)}
+    temperature, threshold, bound = fit_operating_point(logits, labels, strategy)
+    # the site's labelled images are its own chest X-rays: the guard's limit is refitted on them, conformally
+    guard_limit, achievable = conformal_limit(distances, guard_false_refusal)
     scores_before = predictor.probabilities(logits)[:, POSITIVE_INDEX].numpy()
     scores_after, thresholds_after = cross_fitted(logits, labels, [patient_id(p.name) for p in paths], strategy, seed)
     report = {
         "model": model_id, "site_dir": str(site_dir), "threshold_strategy": strategy,
         "site_images": {name: int((labels == i).sum()) for i, name in enumerate(LABELS)},
-        "site_images_flagged_not_xray": int((~looks_like_xray).sum()),
-        "changed": {"temperature": [before["temperature"], temperature], "threshold": [before["threshold"], threshold]},
-        "unchanged": "all weights, the preprocessing and the not-an-X-ray guard",
+        "site_images_flagged_not_xray": int((distances > before["guard_limit"]).sum()),
+        "changed": {"temperature": [before["temperature"], temperature], "threshold": [before["threshold"], threshold],
+                    "guard_limit": [before["guard_limit"], guard_limit]},
+        "unchanged": "all weights, the preprocessing and the not-an-X-ray guard's mean and covariance",
+        "guard_false_refusal": guard_false_refusal, "guard_false_refusal_achievable": achievable,
+        "guard_calibration_images": len(distances), **(bound.results() if bound else {}),
+        **({"sensitivity_guarantee": bound.sentence()} if bound else {}),
         "before": site_metrics(labels, scores_before, before["threshold"], seed),
         "after_cross_fitted": site_metrics(labels, scores_after, thresholds_after, seed),
         "after_procedure": f"{CROSS_FIT_FOLDS}-fold cross-fitting grouped by patient (file-name pattern; other "
@@ -150,6 +160,7 @@ def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str,
             if (run_files / name).is_file():
                 shutil.copy(run_files / name, output_dir / name)
     model.set_operating_point(temperature, threshold)
+    model.guard_threshold.fill_(guard_limit)
     model.save_pretrained(output_dir / "best")
     write_json(report, output_dir / "recalibration.json")
     if run_files is not None:  # the card needs the run's results; it says the model was recalibrated
@@ -162,8 +173,12 @@ def recalibrate(model_id: str, site_dir: Path, output_dir: Path, strategy: str,
 
 def summary(report: dict) -> str:
     (t0, t1), (h0, h1) = report["changed"]["temperature"], report["changed"]["threshold"]
-    lines = [f"temperature {t0:.3f} -> {t1:.3f}; threshold {h0:.3f} -> {h1:.3f} (weights unchanged)",
+    (g0, g1) = report["changed"]["guard_limit"]
+    lines = [f"temperature {t0:.3f} -> {t1:.3f}; threshold {h0:.3f} -> {h1:.3f}; guard limit {g0:.2f} -> {g1:.2f}, "
+             f"refusing at most {report['guard_false_refusal_achievable']:.3g} of the site's X-rays (weights unchanged)",
              f"{'site metric':<14}{'before':>22}{'after (cross-fitted)':>26}"]
+    if "sensitivity_guarantee" in report:
+        lines.insert(1, f"threshold: {report['sensitivity_guarantee']}")
     for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
         cells = [f"{part[key]:.3f} [{part['ci95'][key][0]:.3f}, {part['ci95'][key][1]:.3f}]"
                  for part in (report["before"], report["after_cross_fitted"])]
@@ -178,9 +193,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--data_dir", required=True, help="The site's folder with labelled NORMAL/ and PNEUMONIA/.")
     parser.add_argument("--output_dir", required=True, help="Where the recalibrated run folder is written.")
     parser.add_argument("--threshold_strategy", default="youden",
-                        help="youden, sensitivity:T or fixed:V, chosen on the site's images (default: youden).")
+                        help="youden, sensitivity:T, sensitivity:T@C (a Clopper-Pearson bound at confidence C) or "
+                             "fixed:V, chosen on the site's images (default: youden).")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="Write into an --output_dir that holds a model.")
-    add_options(parser, InferenceOptions, SeedOption)
+    add_options(parser, InferenceOptions, SeedOption, GuardOption)
     args = parser.parse_args(argv)
 
     try:
@@ -193,7 +209,7 @@ def main(argv=None) -> dict:
             raise SiteDataError(f"{output_dir} already holds a model (best/); choose another --output_dir or pass "
                                 "--overwrite_output_dir.")
         report = recalibrate(args.model, Path(args.data_dir), output_dir, args.threshold_strategy,
-                             args.per_device_eval_batch_size, args.num_workers, args.seed)
+                             args.per_device_eval_batch_size, args.num_workers, args.seed, args.guard_false_refusal)
     except (SiteDataError, ModelNotFound) as error:
         sys.exit(f"error: {error}")
     print(summary(report))

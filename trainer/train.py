@@ -5,6 +5,7 @@
 
 import copy
 import itertools
+import json
 import logging
 import shutil
 import time
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader
@@ -35,7 +36,8 @@ from .checkpointing import (
     use_lean_states,
 )
 from .config import TrainingConfig, parse_config
-from .data import load_training_data, make_loader, make_splits, split_manifest, train_transform
+from .cross_fit import CROSS_FIT_FOLDS, SMALL_VALIDATION, cross_fitted_distances, cross_fitted_logits, folds
+from .data import PATIENT_COLUMN, load_training_data, make_loader, make_splits, split_manifest, train_transform
 from .evaluation import evaluate_on_test, head_logits, results_table, write_json
 from .feature_guard import GUARD_FIT_IMAGES, fit_feature_guard
 from .features import CachedViews, Extractor, cached_features, resolve_engine
@@ -191,7 +193,8 @@ def feature_loaders(config: TrainingConfig, accelerator: Accelerator, model, spl
     # The guard is fitted on un-augmented X-rays: statistics of augmented views let 2 of the 35 non-X-rays through
     cached["guard"] = (cached_features(splits["train"].select(guard_images), "guard", 1, model.transform, config,
                                        accelerator, cache_dir, extractor) if augment
-                       else {"statistics": cached["train"]["statistics"][guard_images]})
+                       else {"features": cached["train"]["features"][:, guard_images],
+                             "statistics": cached["train"]["statistics"][guard_images]})
     train_set = CachedViews(cached["train"]["features"], splits["train"]["label"], config.seed)
     val_set = CachedViews(cached["validation"]["features"], splits["validation"]["label"], config.seed)
     return (DataLoader(train_set, batch_size=config.per_device_train_batch_size, shuffle=True),
@@ -282,34 +285,69 @@ def guard_sample(train_images: int, seed: int) -> np.ndarray:
 
 
 def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits: dict, output_dir: Path,
-                        cached: dict | None = None) -> dict:
+                        cached: dict | None = None, best_epoch: int = 1) -> dict:
     """Fit, on train/validation only, the not-an-X-ray guard, the temperature and the decision threshold;
-    save them into best/ and return them. The backbone's outputs come from the feature cache when there is one
-    (`cached`), else from one more pass over the images."""
+    save them into best/ and return them with what they guarantee. The backbone's outputs come from the feature
+    cache when there is one (`cached`), else from one more pass over the images. A small validation split is joined
+    by cross-fitted scores of the training images (trainer/cross_fit.py)."""
     best_dir = output_dir / "best"
     model = PneumoniaClassifier.from_pretrained(best_dir).eval().to(accelerator.device)
+    guard_images = guard_sample(len(splits["train"]), config.seed)
     if cached is None:
         extract = Extractor(model, resolve_engine(config.extraction_engine, accelerator))
-        guard_images = splits["train"].select(guard_sample(len(splits["train"]), config.seed))
-        _, train_statistics = extract(accelerator.prepare(eval_loader(config, model, guard_images)), accelerator,
-                                      "guard statistics")
+        guard_features, train_statistics = extract(
+            accelerator.prepare(eval_loader(config, model, splits["train"].select(guard_images))), accelerator,
+            "guard statistics")
         val_features, val_statistics = extract(accelerator.prepare(eval_loader(config, model, splits["validation"])),
                                                accelerator, "validation features and guard statistics")
+        train_views = torch.from_numpy(guard_features)[None]
     else:
         train_statistics = cached["guard"]["statistics"].numpy()
+        guard_features = cached["guard"]["features"][0].numpy()
+        train_views = cached["train"]["features"][:, guard_images]
         val_features = cached["validation"]["features"][0].numpy()
         val_statistics = cached["validation"]["statistics"].numpy()
-    guard = fit_feature_guard(train_statistics, val_statistics)
-    val_logits = head_logits(model, val_features, accelerator)
-    temperature, threshold = fit_operating_point(val_logits, np.array(splits["validation"]["label"]),
-                                                 config.threshold_strategy)
+    val_labels = np.array(splits["validation"]["label"])
+    logits, labels = head_logits(model, val_features, accelerator), val_labels
+    cross_fitted, calibration = None, {"validation_images": len(val_labels), "cross_fitted_training_images": 0}
+    if len(val_labels) < SMALL_VALIDATION:
+        train_labels = np.array(splits["train"]["label"])[guard_images]
+        train = splits["train"]
+        patients = ([train[PATIENT_COLUMN][i] for i in guard_images] if PATIENT_COLUMN in train.column_names
+                    else list(range(len(guard_images))))
+        fold_indices = folds(train_labels, patients, config.seed)
+        found = [None, None]
+        if accelerator.is_main_process:  # computed once (a few seconds of head training on cached features)
+            found = [cross_fitted_logits(model.head, train_views, torch.from_numpy(guard_features), train_labels,
+                                         fold_indices, class_weighted_loss(train_labels), config, best_epoch),
+                     cross_fitted_distances(train_statistics, fold_indices)]
+        oof_logits, cross_fitted = broadcast_object_list(found)
+        logits, labels = torch.cat([logits, oof_logits]), np.concatenate([val_labels, train_labels])
+        calibration["cross_fitted_training_images"] = len(train_labels)
+    calibration["rule"] = (f"validation images below {SMALL_VALIDATION}: the temperature, threshold and guard limit "
+                           f"are fitted on the validation images and on every training image scored by "
+                           f"{CROSS_FIT_FOLDS}-fold cross-fitting (a head and a guard fitted without its fold, grouped "
+                           "by patient)" if cross_fitted is not None else
+                           f"validation images {SMALL_VALIDATION} or more: the temperature, threshold and guard limit "
+                           "are fitted on the validation images only")
+    guard, guard_guarantee = fit_feature_guard(train_statistics, val_statistics, config.guard_false_refusal,
+                                               cross_fitted)
+    temperature, threshold, bound = fit_operating_point(logits, labels, config.threshold_strategy)
+    logger.info("not-an-X-ray guard: limit %.2f from %d calibration X-rays, refusing at most %.3g of X-rays like them "
+                "(asked %.3g)", float(guard["threshold"]), guard_guarantee["guard_calibration_images"],
+                guard_guarantee["guard_false_refusal_achievable"], config.guard_false_refusal)
+    if bound is not None:
+        logger.info("threshold %.4f (%s): %s", threshold, config.threshold_strategy, bound.sentence())
     if accelerator.is_main_process:
         model.set_feature_guard(**guard)
         model.set_operating_point(temperature, threshold)
         model.save_pretrained(best_dir)
+        manifest = json.loads((output_dir / "splits.json").read_text())
+        write_json(manifest | {"calibration": calibration}, output_dir / "splits.json")
     accelerator.wait_for_everyone()
     return {"feature_guard_threshold": float(guard["threshold"]), "temperature": temperature,
-            "decision_threshold": threshold, "threshold_strategy": config.threshold_strategy}
+            "decision_threshold": threshold, "threshold_strategy": config.threshold_strategy,
+            "calibration": calibration, **guard_guarantee, **(bound.results() if bound else {})}
 
 
 def set_verbosity(log_level: str) -> None:
@@ -372,7 +410,7 @@ def main(argv=None) -> dict:
     best, cached = train(config, accelerator, model, splits, output_dir)
 
     # Fit the not-an-X-ray guard, the temperature and the threshold (validation only: test stays untouched)
-    fitted = finalise_best_model(config, accelerator, splits, output_dir, cached)
+    fitted = finalise_best_model(config, accelerator, splits, output_dir, cached, best["epoch"])
 
     # Evaluate the best model on the untouched test set
     test_dir = Path(config.dataset_name or config.data_dir) / "test"  # where test_predictions.json says images are
