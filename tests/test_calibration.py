@@ -5,12 +5,15 @@ import pytest
 import torch
 
 from trainer.calibration import (
+    bounded_sensitivity_threshold,
     brier_score,
     check_threshold_strategy,
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
+    sensitivity_lower_bound,
 )
+from trainer.feature_guard import conformal_limit
 from trainer.report import bootstrap_intervals
 
 
@@ -104,3 +107,65 @@ def test_bootstrap_metrics_of_all_resamples_at_once_equal_sklearn_per_resample()
         assert batched["specificity"][row] == pytest.approx(tn / (tn + fp), abs=1e-12)
         assert batched["f1"][row] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
         assert batched["roc_auc"][row] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def brute_force_bounded_threshold(labels, scores, target, confidence):
+    """Every distinct score tried as the threshold, the bound from scipy's exact binomial test (one-sided): the
+    highest threshold whose bound reaches `target`, or None."""
+    from scipy.stats import binomtest
+
+    positives = scores[labels == 1]
+    reaching = []
+    for threshold in np.unique(scores):
+        caught = int((positives >= threshold).sum())
+        if caught and binomtest(caught, len(positives), alternative="greater").proportion_ci(
+                confidence_level=confidence, method="exact").low >= target:
+            reaching.append(threshold)
+    return max(reaching) if reaching else None
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("positives, target, confidence", [(200, 0.9, 0.95), (250, 0.95, 0.95), (60, 0.9, 0.8),
+                                                             (30, 0.95, 0.95)])
+def test_the_bounded_sensitivity_threshold_is_the_brute_force_one(seed, positives, target, confidence):
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(positives, int), np.zeros(150, int)]
+    scores = np.round(np.r_[rng.beta(5, 2, positives), rng.beta(2, 5, 150)], 3)  # rounded: ties too
+    threshold, bound = bounded_sensitivity_threshold(labels, scores, target, confidence)
+    expected = brute_force_bounded_threshold(labels, scores, target, confidence)
+    assert bound.reached == (expected is not None) and bound.positives == positives
+    assert bound.positives_needed == min(n for n in range(1, 1000)
+                                         if sensitivity_lower_bound(n, n, confidence) >= target)
+    if expected is not None:
+        assert threshold == expected and bound.lower_bound >= target
+        assert choose_threshold(labels, scores, f"sensitivity:{target}@{confidence}") == expected
+    else:  # too few positives (30 < 59): every one caught, the highest bound there is, and the sentence says so
+        assert threshold == scores[labels == 1].min() and bound.lower_bound < target
+        assert bound.lower_bound == pytest.approx((1 - confidence) ** (1 / positives))
+        assert f"at least {bound.positives_needed} are needed" in bound.sentence()
+
+
+@pytest.mark.parametrize("good", ["sensitivity:0.95@0.95", "sensitivity:0.9@0.99"])
+def test_bounded_sensitivity_strategies_are_accepted(good):
+    check_threshold_strategy(good)
+
+
+@pytest.mark.parametrize("n, alpha", [(10, 0.1), (40, 0.005), (199, 0.005), (1000, 0.005), (523, 0.05)])
+def test_the_conformal_limit_is_the_finite_sample_quantile(n, alpha):
+    distances = np.random.default_rng(n).gamma(5, size=n)
+    limit, achievable = conformal_limit(distances, alpha)
+    # the smallest distance that at least (n+1)(1-alpha) of the n + 1 (a new image counted too) do not exceed
+    needed = (n + 1) * (1 - alpha)
+    candidates = [d for d in np.sort(distances) if (distances <= d).sum() >= needed - 1e-9]
+    assert limit == (candidates[0] if candidates else distances.max())
+    assert achievable == pytest.approx(max(alpha, 1 / (n + 1)))
+
+
+def test_the_conformal_limit_refuses_at_most_alpha_of_exchangeable_new_images():
+    """Monte Carlo: n calibration distances and one new one from the same distribution, many times."""
+    rng = np.random.default_rng(0)
+    for n, alpha in ((40, 0.005), (300, 0.02)):
+        draws = rng.lognormal(size=(20000, n + 1))
+        refused = [draw[-1] > conformal_limit(draw[:-1], alpha)[0] for draw in draws]
+        achievable = max(alpha, 1 / (n + 1))
+        assert np.mean(refused) <= achievable + 3 * np.sqrt(achievable / len(draws))

@@ -34,7 +34,11 @@ def test_recalibration_changes_only_the_operating_point(recalibrated):
     before, after = load_file(run_dir / "best" / "model.safetensors"), load_file(output_dir / "best" / "model.safetensors")
     assert before.keys() == after.keys()
     changed = {key for key in before if not torch.equal(before[key], after[key])}
-    assert "decision_threshold" in changed and changed <= {"temperature", "decision_threshold"}
+    # the operating point, and the guard's limit refitted on the site's X-rays (its mean and covariance kept)
+    assert "decision_threshold" in changed and changed <= {"temperature", "decision_threshold", "guard_threshold"}
+    assert float(after["guard_threshold"]) == pytest.approx(report["changed"]["guard_limit"][1])
+    assert report["guard_calibration_images"] == 101 and report["guard_false_refusal"] == 0.005
+    assert report["guard_false_refusal_achievable"] == pytest.approx(1 / 102)  # 101 images cannot promise 0.005
     (t0, t1), (h0, h1) = report["changed"]["temperature"], report["changed"]["threshold"]
     assert (float(before["temperature"]), float(after["temperature"])) == pytest.approx((t0, t1))
     assert float(after["decision_threshold"]) == pytest.approx(h1) and h1 != pytest.approx(h0)
@@ -138,7 +142,7 @@ def test_cross_fitted_after_metrics_are_not_flattered_by_fitting_on_the_scored_i
     in_sample, after = [], []
     for draw in range(10):
         logits = torch.from_numpy(np.random.default_rng(draw).normal(0, 1, (60, 2))).float()
-        temperature, _ = fit_operating_point(logits, labels, "youden")
+        temperature, _, _ = fit_operating_point(logits, labels, "youden")
         scores = (logits / temperature).softmax(dim=-1)[:, 1].numpy()
         in_sample.append(youden_j(labels, scores, choose_threshold(labels, scores, "youden")))
         scores, thresholds = cross_fitted(logits, labels, [f"patient{i}" for i in range(60)], "youden", seed=0)

@@ -1,0 +1,141 @@
+"""A small site's guarantees: the conformal guard and the Clopper-Pearson operating point vs today's (before issue 39),
+side by side on the same trained models, for N images per class.
+
+    python benchmarks/small_sites.py --data_dir ../shared/data/chest_xray_224 [--sizes 20 50 150 500 full]
+
+For each N, `--subsamples` random draws of whole patients (N images per class) from the shared train/ folder are
+trained with the defaults (`--no_pretrained`: no ImageNet weights here) and `--threshold_strategy
+sensitivity:0.95@0.95`; "full" trains on all of train/. Every model is then measured twice on the untouched shared
+test/ folder and on the project's non-X-ray images:
+- new: the model as saved (conformal guard limit at alpha 0.005, the bounded threshold, both calibrated on the
+  validation images and, below 200 of them, the cross-fitted training images);
+- today: the same weights and guard statistics with the limit at the 0.995 quantile of the validation images'
+  distances, and the threshold `sensitivity:0.95` (the point estimate) with the temperature fitted on validation.
+Printed: the mean over subsamples of false refusals of real X-rays, refusals of non-X-rays, test sensitivity and
+specificity at the threshold, test ROC-AUC, and for `new` how often the bound was reachable and how often the
+realised test sensitivity reached 0.95 when it was.
+"""
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from dataset_scripts.non_xray_images import non_xray_images  # noqa: E402
+from serving import PneumoniaClassifier, Predictor  # noqa: E402
+from serving.labels import LABELS, POSITIVE_INDEX  # noqa: E402
+from trainer.calibration import choose_threshold, fit_temperature  # noqa: E402
+from trainer.data import patient_id  # noqa: E402
+from trainer.recalibrate import site_logits  # noqa: E402
+
+TARGET = 0.95
+TODAY_QUANTILE = 0.995
+
+
+def subsample(data_dir: Path, destination: Path, per_class: int | None, seed: int) -> Path:
+    """A Kaggle-layout folder of symlinks: whole patients drawn at random until `per_class` images per class (all
+    of train/ when None), and the whole test/ folder."""
+    rng = random.Random(seed)
+    for label in LABELS:
+        by_patient = defaultdict(list)
+        for path in sorted((data_dir / "train" / label).glob("*.jpeg")):
+            by_patient[patient_id(path.name)].append(path)
+        patients = sorted(by_patient)
+        rng.shuffle(patients)
+        chosen = []
+        for patient in patients:
+            if per_class is not None and len(chosen) >= per_class:
+                break
+            chosen += by_patient[patient]
+        (destination / "train" / label).mkdir(parents=True)
+        for path in chosen:
+            (destination / "train" / label / path.name).symlink_to(path)
+    (destination / "test").symlink_to(data_dir / "test")
+    return destination
+
+
+def train(data: Path, output_dir: Path, seed: int) -> dict:
+    command = [sys.executable, "-m", "trainer", "--data_dir", str(data), "--output_dir", str(output_dir),
+               "--no_pretrained", "--seed", str(seed), "--threshold_strategy", f"sensitivity:{TARGET}@0.95"]
+    subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads((output_dir / "all_results.json").read_text())
+
+
+def measure(output_dir: Path, data: Path, results: dict) -> dict[str, dict]:
+    """{"new": ..., "today": ...}: guard refusals, sensitivity, specificity and ROC-AUC on test, for both ways."""
+    model = PneumoniaClassifier.from_pretrained(output_dir / "best")
+    predictor = Predictor(model)
+    splits = json.loads((output_dir / "splits.json").read_text())
+    validation = [data / "train" / name for name in splits["validation"]]
+    val_labels = np.array([LABELS.index(path.parent.name) for path in validation])
+    test = sorted((data / "test").glob("*/*.jpeg"))
+    test_labels = np.array([LABELS.index(path.parent.name) for path in test])
+    val_logits, val_distances = site_logits(predictor, validation, 64, 2)
+    test_logits, test_distances = site_logits(predictor, test, 64, 2)
+    others = np.array([predictor.analyse(image).guard_distance for image in non_xray_images().values()])
+
+    temperature = fit_temperature(val_logits, torch.from_numpy(val_labels))
+    val_scores = (val_logits / temperature).softmax(dim=-1)[:, POSITIVE_INDEX].numpy()
+    ways = {"new": (float(model.guard_threshold), float(model.temperature), model.threshold),
+            "today": (float(np.quantile(val_distances, TODAY_QUANTILE)), temperature,
+                      choose_threshold(val_labels, val_scores, f"sensitivity:{TARGET}"))}
+    measured = {}
+    for way, (limit, way_temperature, threshold) in ways.items():
+        scores = (test_logits / way_temperature).softmax(dim=-1)[:, POSITIVE_INDEX].numpy()
+        decided = scores >= threshold
+        measured[way] = {"xrays_refused": float(np.mean(test_distances > limit)),
+                         "non_xrays_refused": float(np.mean(others > limit)),
+                         "sensitivity": float(decided[test_labels == POSITIVE_INDEX].mean()),
+                         "specificity": float((~decided)[test_labels != POSITIVE_INDEX].mean()),
+                         "roc_auc": float(roc_auc_score(test_labels, scores))}
+    measured["new"] |= {"bound_reached": results["sensitivity_bound_reached"],
+                        "calibration_images": results["guard_calibration_images"],
+                        "achievable": results["guard_false_refusal_achievable"]}
+    return measured
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "chest_xray_224")
+    parser.add_argument("--sizes", nargs="+", default=["20", "50", "150", "500", "full"])
+    parser.add_argument("--subsamples", type=int, default=5, help="Random draws per size (full: one run).")
+    parser.add_argument("--work_dir", type=Path, default=Path("/tmp/small_sites"))
+    args = parser.parse_args()
+    runs = defaultdict(list)
+    for size in args.sizes:
+        for draw in range(1 if size == "full" else args.subsamples):
+            folder = args.work_dir / f"{size}-{draw}"
+            if not (folder / "out" / "all_results.json").is_file():
+                data = subsample(args.data_dir, folder / "data", None if size == "full" else int(size), draw)
+                results = train(data, folder / "out", 42 + draw)
+            else:
+                results = json.loads((folder / "out" / "all_results.json").read_text())
+            runs[size].append(measure(folder / "out", folder / "data", results))
+            print(size, draw, json.dumps(runs[size][-1]), flush=True)
+    (args.work_dir / "small_sites.json").write_text(json.dumps(runs, indent=1))
+    print(f"\n{'N/class':>8} {'way':>6} {'X-rays refused':>15} {'non-X-rays refused':>19} {'sensitivity':>12} "
+          f"{'specificity':>12} {'ROC-AUC':>8}  bound reached / realised sens >= {TARGET} when reached")
+    for size, measured in runs.items():
+        for way in ("today", "new"):
+            mean = {key: np.mean([m[way][key] for m in measured]) for key in measured[0][way] if key != "bound_reached"}
+            line = (f"{size:>8} {way:>6} {mean['xrays_refused']:>15.3f} {mean['non_xrays_refused']:>19.3f} "
+                    f"{mean['sensitivity']:>12.3f} {mean['specificity']:>12.3f} {mean['roc_auc']:>8.3f}")
+            if way == "new":
+                reached = [m for m in measured if m["new"]["bound_reached"]]
+                line += (f"  {len(reached)}/{len(measured)} / {sum(m['new']['sensitivity'] >= TARGET for m in reached)}"
+                         f"/{len(reached)}; n = {mean['calibration_images']:.0f}, achievable {mean['achievable']:.4f}")
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
