@@ -72,8 +72,9 @@ def screening_files(uploads: list[str], folder: Path) -> list[tuple[str, Path]]:
 
 
 class ImageStream(IterableDataset):
-    """An Item per (index, path) of `files` (any re-iterable, e.g. a list or a walk of an archive), read lazily and
-    split between DataLoader workers."""
+    """An Item per (index, source) of `files` (any re-iterable, e.g. a list or a walk of an archive), read lazily and
+    split between DataLoader workers. A source is a file's path, or an object whose `local_copy()` gives a temporary
+    file (an instance in a PACS, trainer/pacs.py)."""
 
     def __init__(self, files: Iterable[tuple[int, Path]], predictor: Predictor, keep_images: bool):
         self.files, self.predictor, self.keep_images = files, predictor, keep_images
@@ -84,19 +85,28 @@ class ImageStream(IterableDataset):
 
     def __iter__(self) -> Iterator["Item"]:
         worker = get_worker_info()
-        for position, (index, path) in enumerate(self.files):
+        for position, (index, source) in enumerate(self.files):
             if worker is None or position % worker.num_workers == worker.id:
-                yield self.load(index, Path(path))
+                yield self.load(index, source)
 
-    def load(self, index: int, path: Path) -> "Item":
+    def load(self, index: int, source) -> "Item":
+        if not hasattr(source, "local_copy"):
+            return self.read(index, Path(source), Path(source))
+        try:
+            with source.local_copy() as path:
+                return self.read(index, source, path)
+        except InputImageError as error:
+            return Item(index, source, {}, error=str(error))
+
+    def read(self, index: int, source, path: Path) -> "Item":
         model = self.predictor.model
         identifiers = dicom_identifiers(path)
         try:
             image = self.predictor.read(path)
         except InputImageError as error:
-            return Item(index, path, identifiers, error=str(error))
+            return Item(index, source, identifiers, error=str(error))
         shown = image.resize(model.input_size, Image.BILINEAR) if self.keep_images else None
-        return Item(index, path, identifiers, model.transform(image), shown)
+        return Item(index, source, identifiers, model.transform(image), shown)
 
 
 @dataclass
@@ -104,7 +114,7 @@ class Item:
     """One file as a DataLoader worker read it: its pixels for the model, or the reason it could not be read."""
 
     index: int  # the file's number in the run (names its heatmap)
-    path: Path
+    path: Path  # or the PACS instance it came from (its str() is the WADO-RS URL)
     identifiers: dict[str, str]  # DICOM archive identifiers, {} for other files
     pixels: torch.Tensor | None = None
     shown: Image.Image | None = None  # the image as the model sees it, for heatmaps

@@ -42,6 +42,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_FEATURE_CACHE = tempfile.mkdtemp(prefix="pneumonia-tests-feature-cache-")
 FAST_TRAINING = ["--no_pretrained", "--num_workers", "0", "--cache_dir", SHARED_FEATURE_CACHE, "--cache_views", "1"]
 SAMPLE_DIR = REPO_ROOT / "sample_data" / "chest_xray"
+# The session's trained models refuse non-X-rays (the serving tests' refusal paths) with a guard at alpha = 0.05: at
+# the bundled sample's size (30 validation + 270 cross-fitted training X-rays) the default alpha of 0.005 puts the
+# limit at the calibration tail, where pydicom's CT slice and 12 of the 35 non-X-ray images pass (measured for issue
+# 39; tests/test_feature_guard.py trains at the default).
+SERVING_GUARD = ["--guard_false_refusal", "0.05"]
 
 
 # Tests that use these (the session's trained models, the app, the browser) are marked slow by
@@ -179,7 +184,7 @@ def trained_run(tmp_path_factory):
 
     output_dir = tmp_path_factory.mktemp("run")
     results = main([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", "--report_to", "tensorboard",
-                    "--output_dir", str(output_dir)])
+                    *SERVING_GUARD, "--output_dir", str(output_dir)])
     return output_dir, results
 
 
@@ -192,7 +197,8 @@ def served_run(tmp_path_factory) -> Path:
 
     output_dir = tmp_path_factory.mktemp("served")
     main([*FAST_TRAINING, "--num_train_epochs", "20", "--learning_rate", "0.01", "--lr_patience", "5",
-          "--metric_for_best_model", "loss", "--threshold_strategy", "fixed:0.8", "--output_dir", str(output_dir)])
+          "--metric_for_best_model", "loss", "--threshold_strategy", "fixed:0.8", *SERVING_GUARD,
+          "--output_dir", str(output_dir)])
     return output_dir
 
 

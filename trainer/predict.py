@@ -43,6 +43,7 @@ from serving.loading import ModelNotFound, add_model_argument, load_model
 from serving.predictor import Predictor
 
 from .options import InferenceOptions, add_options
+from .pacs import PacsError, PacsWalk, parse_headers, store_report
 from .threads import use_available_cores
 
 SKIPPED_SHOWN = 10  # skipped files named in the summary; the rest are counted
@@ -122,6 +123,11 @@ class Share:
                 yield index, path
 
 
+def store_reports(rows: list[dict], record: dict, headers: tuple) -> int:
+    """Each screened instance's Structured Report stored in its study (those stored before skipped); how many new."""
+    return sum(store_report(row, record, headers) for row in rows if not row["error"])
+
+
 def predict_share(predictor: Predictor, share: Share, output: Path, columns: list[str], args) -> None:
     """This process's files appended to its part file a batch at a time, flushed as they are made."""
     part = part_file(output, share.process)
@@ -133,6 +139,8 @@ def predict_share(predictor: Predictor, share: Share, output: Path, columns: lis
         for rows in predict_stream(predictor, share, args.per_device_eval_batch_size, args.num_workers, args.heatmaps):
             writer.writerows(row for _, row in rows)
             file.flush()
+            if args.store_results:
+                store_reports([row for _, row in rows], args.record, share.walk.headers)
 
 
 def merge(output: Path, walk: ArchiveWalk, columns: list[str]) -> tuple[list[dict], list[Path]]:
@@ -164,7 +172,7 @@ def summary(rows: list[dict], skipped: list[Path], output: Path, threshold: floa
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="Image files or folders (searched recursively).")
+    parser.add_argument("paths", nargs="*", help="Image files or folders (searched recursively); or --dicomweb.")
     add_model_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="CSV file to write.")
     parser.add_argument("--overwrite", action="store_true",
@@ -173,18 +181,32 @@ def main(argv=None) -> None:
                         help="Folder for one Grad-CAM overlay PNG per image (created); none by default.")
     add_options(parser, InferenceOptions)
     parser.add_argument("--eager", action="store_true", help="Predict with eager PyTorch instead of ONNX Runtime.")
+    pacs = parser.add_argument_group("screening a PACS over DICOMweb (instead of PATHS)")
+    pacs.add_argument("--dicomweb", metavar="URL", help="The PACS's DICOMweb root, e.g. https://pacs/dicom-web.")
+    pacs.add_argument("--study_uid", nargs="+", default=[], help="Only these studies (default: every study).")
+    pacs.add_argument("--modality", default="CR,DX", help="Modalities to screen, comma-separated (default: %(default)s).")
+    pacs.add_argument("--since", metavar="YYYYMMDD", help="Only studies with a StudyDate on or after this day.")
+    pacs.add_argument("--dicomweb_header", action="append", default=[], metavar="'NAME: VALUE'",
+                      help="An HTTP header for every request, e.g. 'Authorization: Bearer TOKEN' (repeatable).")
+    pacs.add_argument("--store_results", action="store_true",
+                      help="Store a DICOM Structured Report of each screened instance in its study (STOW-RS).")
     args = parser.parse_args(argv)
+    if bool(args.paths) == bool(args.dicomweb):
+        parser.error("give image files or folders, or --dicomweb URL (one of them)")
+    if args.store_results and not args.dicomweb:
+        parser.error("--store_results stores reports in a PACS: it needs --dicomweb URL")
 
     use_available_cores()
     state = Accelerator()  # as training starts: the processes, devices and nodes `accelerate launch` was given
     try:
-        walk = ArchiveWalk(args.paths)
+        walk = (PacsWalk(args.dicomweb, parse_headers(args.dicomweb_header), args.study_uid, args.modality.split(","),
+                         args.since) if args.dicomweb else ArchiveWalk(args.paths))
         model = load_model(args.model).to(state.device)
         predictor = Predictor(model, engine="eager" if args.eager else "onnxruntime")
-    except (InputImageError, ModelNotFound) as error:
+    except (InputImageError, ModelNotFound, PacsError, ValueError) as error:
         sys.exit(f"error: {error}")
     columns = csv_columns(model.labels, heatmaps=bool(args.heatmaps))
-    record = model_record(model, args.model)
+    record = args.record = model_record(model, args.model)
     if not args.overwrite:
         try:  # every process checks before any writes: all of them stop, and nothing is predicted
             check_same_model(args.output, record)
@@ -201,7 +223,11 @@ def main(argv=None) -> None:
             args.heatmaps.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     share = Share(walk, set(rows_done(args.output)), state.process_index, state.num_processes)
-    predict_share(predictor, share, args.output, columns, args)
+    try:
+        predict_share(predictor, share, args.output, columns, args)
+    except PacsError as error:  # raised in a DataLoader worker too: its last line is the message
+        sys.exit(f"error: {str(error).strip().splitlines()[-1].removeprefix('trainer.pacs.PacsError: ')} The rows "
+                 f"screened so far are kept; run the same command again to screen the rest.")
     state.wait_for_everyone()
     if state.is_main_process:
         rows, skipped = merge(args.output, walk, columns)
