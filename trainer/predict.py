@@ -2,6 +2,7 @@
 
     python -m trainer.predict --model outputs/best PATHS... --output preds.csv [--heatmaps DIR]
     accelerate launch -m trainer.predict --model outputs/best PATHS... --output preds.csv    # every process, GPU, node
+    python -m trainer.predict --model outputs/best --dicomweb URL --output preds.csv [--store_results]   # a PACS
 
 PATHS are image files or folders, searched recursively (as PACS exports nest them: study/series/instance) for JPEG,
 PNG and other image files, and for DICOM files with or without a suffix (by their `DICM` preamble); other files are
