@@ -80,7 +80,7 @@ def screened(archive, served_run, tmp_path_factory):
     model = served_run / "best"
     predict([str(folder), "--model", str(model), "--output", str(work / "folder.csv"), "--num_workers", "0",
              "--eager"])
-    predict(["--dicomweb", orthanc.url, "--modality", "CR,DX,CT", "--store_results", "--model",
+    predict(["--dicomweb", orthanc.url, "--modality", "CR,DX,CT", "--store_results", "--store_heatmaps", "--model",
              str(model), "--output", str(work / "pacs.csv"), "--num_workers", "0", "--eager"])
     return rows_of(work / "folder.csv"), rows_of(work / "pacs.csv"), work
 
@@ -162,13 +162,31 @@ def test_each_screened_instance_gets_a_report_in_its_study_that_references_it(ar
     assert values_of_ct(stored, from_pacs)["Finding"] == "Not a chest X-ray"  # the CT slice: refused, and said so
 
 
+def test_each_chest_xray_gets_its_grad_cam_overlay_as_a_secondary_capture(archive, screened):
+    orthanc, _, _ = archive
+    _, from_pacs, _ = screened
+    client = DICOMwebClient(orthanc.url)
+    captures = [client.retrieve_instance(match["0020000D"]["Value"][0], match["0020000E"]["Value"][0],
+                                         match["00080018"]["Value"][0])
+                for match in client.search_for_instances(search_filters={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"})]
+    xrays = [row for row in from_pacs if row["looks_like_chest_xray"] == "True"]
+    assert len(captures) == len(xrays) > 0  # refused and unreadable instances get no heatmap
+    assert {capture.StudyInstanceUID for capture in captures} <= {row["study_uid"] for row in xrays}
+    for capture in captures:
+        assert capture.PhotometricInterpretation == "RGB" and capture.pixel_array.shape == (224, 224, 3)
+        assert capture.PatientID == PATIENT["PatientID"] and "not for clinical use" in capture.SeriesDescription
+        assert capture.pixel_array.std() > 0  # a coloured map, not a blank
+
+
 def test_a_rerun_stores_nothing_twice(archive, screened, served_run):
     orthanc, _, _ = archive
     _, _, work = screened
-    before = len(reports(orthanc))
-    predict(["--dicomweb", orthanc.url, "--modality", "CR,DX,CT", "--store_results", "--model",
+    everything = DICOMwebClient(orthanc.url).search_for_instances
+    before, instances_before = len(reports(orthanc)), len(everything(get_remaining=True))
+    predict(["--dicomweb", orthanc.url, "--modality", "CR,DX,CT", "--store_results", "--store_heatmaps", "--model",
              str(served_run / "best"), "--output", str(work / "again.csv"), "--num_workers", "0", "--eager"])
     assert len(reports(orthanc)) == before and len(rows_of(work / "again.csv")) == 8
+    assert len(everything(get_remaining=True)) == instances_before  # no report, no overlay stored again
 
 
 def test_an_unreachable_pacs_is_one_line_naming_it(untrained_model_dir, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from tests.conftest import FAST_TRAINING
+from tests.conftest import FAST_TRAINING, SERVING_GUARD
 from trainer import PneumoniaClassifier
 from trainer.data import patient_id
 
@@ -64,7 +64,8 @@ def test_same_seed_gives_identical_results(trained_run, tmp_path):
     from trainer.train import main
 
     output_dir, _ = trained_run
-    rerun = main([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", "--output_dir", str(tmp_path)])
+    rerun = main([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", *SERVING_GUARD,
+                  "--output_dir", str(tmp_path)])
     first = json.loads((output_dir / "all_results.json").read_text())
     for volatile in ("train_runtime_seconds",):
         first.pop(volatile), rerun.pop(volatile)

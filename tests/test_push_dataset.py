@@ -16,7 +16,7 @@ from PIL import Image
 
 from dataset_scripts.check_dataset import main as check_dataset
 from dataset_scripts.push_dataset import push_dataset
-from tests.conftest import FAST_TRAINING, SAMPLE_DIR, cli_error
+from tests.conftest import FAST_TRAINING, SAMPLE_DIR, SERVING_GUARD, cli_error
 from tests.hub_server import TOKEN, USER
 from tests.test_hub import EXPECTED_FILES
 from trainer.__main__ import cli as trainer
@@ -40,7 +40,7 @@ def test_training_from_the_hub_dataset_gives_the_folder_runs_splits_and_metrics_
     the same images published as a dataset, and ends with --push_to_hub to a private repo."""
     folder_run, folder_results = trained_run
     output_dir, model_id = tmp_path / "from-hub", f"{USER}/from-training"
-    results = trainer([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", "--dataset_name",
+    results = trainer([*FAST_TRAINING, "--num_train_epochs", "3", "--lr_patience", "0", *SERVING_GUARD, "--dataset_name",
                        pushed_dataset, "--output_dir", str(output_dir), "--push_to_hub", "--hub_model_id", model_id,
                        "--hub_token", TOKEN, "--hub_private_repo"])
     from_folders, from_hub = (json.loads((run / "splits.json").read_text()) for run in (folder_run, output_dir))

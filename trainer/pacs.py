@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
+from PIL import Image
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -167,7 +169,7 @@ def structured_report(source: pydicom.Dataset, row: dict, record: dict, series_u
                                               parameters=[f"model: {record['model']}"[:64]])
     probability = [hd.sr.Measurement(name=hd.sr.CodedConcept("PNEUMONIA_PROBABILITY", "99PNEUMODET",
                                                              "Calibrated probability of pneumonia"),
-                                     value=float(row["PNEUMONIA"]), unit=codes.UCUM.NoUnits)] if row["PNEUMONIA"] else []
+                                     value=float(row["PNEUMONIA"]), unit=codes.UCUM.NoUnits)] if row.get("PNEUMONIA") else []
     measurements = probability + [
         hd.sr.Measurement(name=hd.sr.CodedConcept("DECISION_THRESHOLD", "99PNEUMODET", "Decision threshold"),
                           value=float(record["decision_threshold"]), unit=codes.UCUM.NoUnits),
@@ -196,9 +198,20 @@ def structured_report(source: pydicom.Dataset, row: dict, record: dict, series_u
     return report
 
 
-def store_report(row: dict, record: dict, headers: tuple) -> bool:
-    """Store the report of one screened row in its study, unless this model's report is there already; True when
-    stored."""
+def heatmap_image(source: pydicom.Dataset, overlay: Path, series_uid: str, sop_uid: str) -> hd.sc.SCImage:
+    """The Grad-CAM overlay as a Secondary Capture image in the source's study (RGB, as the model saw the image)."""
+    with Image.open(overlay) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    capture = hd.sc.SCImage.from_ref_dataset(
+        source, pixels, "RGB", 8, "PATIENT", series_uid, 991, sop_uid, 1, ALGORITHM,
+        patient_orientation=tuple(source.get("PatientOrientation") or ("L", "F")))
+    capture.SeriesDescription = f"{ALGORITHM} Grad-CAM: research demo, not for clinical use"[:64]
+    return capture
+
+
+def store_report(row: dict, record: dict, headers: tuple, with_heatmap: bool = False) -> bool:
+    """Store the report of one screened row in its study (and, `with_heatmap`, its Grad-CAM overlay as a Secondary
+    Capture), unless this model's report is there already; True when stored."""
     instance = Instance.from_url(row["path"], headers)
     pacs = client(instance.url, instance.headers)
     series_uid, sop_uid = report_uids(instance, record["weights_sha256"])
@@ -208,5 +221,9 @@ def store_report(row: dict, record: dict, headers: tuple) -> bool:
         metadata = pacs.retrieve_instance_metadata(instance.study, instance.series, instance.sop)
         metadata.pop("7FE00010", None)  # the pixels' bulk-data link: the report needs the headers only
         source = pydicom.Dataset.from_json(metadata)
-        pacs.store_instances([structured_report(source, row, record, series_uid, sop_uid)])
+        stored = [structured_report(source, row, record, series_uid, sop_uid)]
+        if with_heatmap and row.get("heatmap"):
+            stored.append(heatmap_image(source, Path(row["heatmap"]), *report_uids(instance, record["weights_sha256"]
+                                                                                   + "heatmap")))
+        pacs.store_instances(stored)
     return True

@@ -30,7 +30,9 @@ import csv
 import io
 import json
 import logging
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -124,9 +126,10 @@ class Share:
                 yield index, path
 
 
-def store_reports(rows: list[dict], record: dict, headers: tuple) -> int:
-    """Each screened instance's Structured Report stored in its study (those stored before skipped); how many new."""
-    return sum(store_report(row, record, headers) for row in rows if not row["error"])
+def store_reports(rows: list[dict], record: dict, headers: tuple, with_heatmaps: bool) -> int:
+    """Each screened instance's Structured Report (and Grad-CAM overlay) stored in its study (those stored before
+    skipped); how many new."""
+    return sum(store_report(row, record, headers, with_heatmaps) for row in rows if not row["error"])
 
 
 def predict_share(predictor: Predictor, share: Share, output: Path, columns: list[str], args) -> None:
@@ -134,14 +137,14 @@ def predict_share(predictor: Predictor, share: Share, output: Path, columns: lis
     part = part_file(output, share.process)
     new_file = not written_whole(part)
     with open(part, "w" if new_file else "a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")  # heatmaps made only to be stored
         if new_file:
             writer.writeheader()
         for rows in predict_stream(predictor, share, args.per_device_eval_batch_size, args.num_workers, args.heatmaps):
             writer.writerows(row for _, row in rows)
             file.flush()
             if args.store_results:
-                store_reports([row for _, row in rows], args.record, share.walk.headers)
+                store_reports([row for _, row in rows], args.record, share.walk.headers, args.store_heatmaps)
 
 
 def merge(output: Path, walk: ArchiveWalk, columns: list[str]) -> tuple[list[dict], list[Path]]:
@@ -191,11 +194,18 @@ def main(argv=None) -> None:
                       help="An HTTP header for every request, e.g. 'Authorization: Bearer TOKEN' (repeatable).")
     pacs.add_argument("--store_results", action="store_true",
                       help="Store a DICOM Structured Report of each screened instance in its study (STOW-RS).")
+    pacs.add_argument("--store_heatmaps", action="store_true",
+                      help="With --store_results: also the Grad-CAM overlay, as a Secondary Capture image.")
     args = parser.parse_args(argv)
     if bool(args.paths) == bool(args.dicomweb):
         parser.error("give image files or folders, or --dicomweb URL (one of them)")
     if args.store_results and not args.dicomweb:
         parser.error("--store_results stores reports in a PACS: it needs --dicomweb URL")
+    if args.store_heatmaps and not args.store_results:
+        parser.error("--store_heatmaps adds overlays to the stored reports: it needs --store_results")
+    listed_heatmaps = bool(args.heatmaps)
+    if args.store_heatmaps and not args.heatmaps:  # made to be stored, in a folder that goes with the run
+        args.heatmaps = Path(tempfile.mkdtemp(prefix="pneumonia-heatmaps-"))
 
     use_available_cores()
     state = Accelerator()  # as training starts: the processes, devices and nodes `accelerate launch` was given
@@ -206,7 +216,7 @@ def main(argv=None) -> None:
         predictor = Predictor(model, engine="eager" if args.eager else "onnxruntime")
     except (InputImageError, ModelNotFound, PacsError, ValueError) as error:
         sys.exit(f"error: {error}")
-    columns = csv_columns(model.labels, heatmaps=bool(args.heatmaps))
+    columns = csv_columns(model.labels, heatmaps=listed_heatmaps)
     record = args.record = model_record(model, args.model)
     if not args.overwrite:
         try:  # every process checks before any writes: all of them stop, and nothing is predicted
@@ -230,6 +240,8 @@ def main(argv=None) -> None:
         sys.exit(f"error: {str(error).strip().splitlines()[-1].removeprefix('trainer.pacs.PacsError: ')} The rows "
                  f"screened so far are kept; run the same command again to screen the rest.")
     state.wait_for_everyone()
+    if args.store_heatmaps and not listed_heatmaps:
+        shutil.rmtree(args.heatmaps, ignore_errors=True)
     if state.is_main_process:
         rows, skipped = merge(args.output, walk, columns)
         print(summary(rows, skipped, args.output, model.threshold))
