@@ -38,6 +38,7 @@ MEASURED = ("import resource, runpy, sys\nsys.argv = ['trainer.predict'] + sys.a
 
 def make_instances(data_dir: Path, folder: Path, count: int) -> list[Path]:
     sources = sorted((data_dir / "test").glob("*/*.jpeg"))[:count]
+    folder.mkdir(parents=True, exist_ok=True)
     files = []
     for number, source in enumerate(sources):
         grey = np.asarray(Image.open(source).convert("L")).astype(np.uint16) * 16  # 12-bit
