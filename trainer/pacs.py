@@ -62,6 +62,9 @@ def parse_headers(values: list[str]) -> dict[str, str]:
 def client(url: str, headers: tuple) -> DICOMwebClient:
     if (url, headers) not in _clients:
         _clients[url, headers] = DICOMwebClient(url, headers=dict(headers))
+        # a busy PACS (429, 503...) gets a few quick retries; the client's default (5, from 1 s doubling) made a
+        # PACS that is down take half a minute to say so
+        _clients[url, headers].set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
     return _clients[url, headers]
 
 
