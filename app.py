@@ -54,7 +54,11 @@ class DecisionLabel(gr.Label):
 def scratch_folder() -> Path:
     """A new folder for one request's files; folders older than SCRATCH_MAX_AGE_S go (Gradio serves its own copies)."""
     for old in SCRATCH.iterdir():
-        if old.stat().st_mtime < time.time() - SCRATCH_MAX_AGE_S:
+        try:
+            stale = old.stat().st_mtime < time.time() - SCRATCH_MAX_AGE_S
+        except FileNotFoundError:  # a concurrent request removed it meanwhile
+            continue
+        if stale:
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=SCRATCH))
 
