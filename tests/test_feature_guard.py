@@ -59,8 +59,8 @@ def test_a_small_sites_guard_keeps_its_stated_false_refusal_rate(small_site, tmp
 
     output_dir, results = small_site
     n = results["guard_calibration_images"]
-    assert results["calibration"] == {**results["calibration"], "validation_images": 4,
-                                      "cross_fitted_training_images": 36}
+    assert results["calibration"]["validation_images"] == 4
+    assert results["calibration"]["cross_fitted_training_images"] == 36
     assert n == 40 and results["guard_false_refusal"] == 0.005
     assert results["guard_false_refusal_achievable"] == pytest.approx(1 / 41)
     predictor = Predictor(PneumoniaClassifier.from_pretrained(output_dir / "best"), engine="eager")
