@@ -2,7 +2,9 @@
 error that says how to get a model when there is none."""
 
 import argparse
+from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError
 
 from .model import PneumoniaClassifier
@@ -33,3 +35,11 @@ def load_model(model_id: str) -> PneumoniaClassifier:
             "saved by the trainer (outputs/best) or a Hub repo id such as NAME/REPO."
         ) from error
     return model
+
+
+def hub_revision(model_id: str) -> str | None:
+    """The commit of the Hub repo `model_id` that load_model read (from the local Hub cache), None for a folder."""
+    if Path(model_id).is_dir():
+        return None
+    config = try_to_load_from_cache(model_id, "config.json")
+    return Path(config).parent.name if isinstance(config, str) else None  # .../snapshots/<commit>/config.json

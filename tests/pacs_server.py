@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,14 +17,16 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 class Orthanc:
-    """`Orthanc` started with a configuration of its own in `folder`; `url` is its DICOMweb root."""
+    """`Orthanc` started with a configuration of its own in `folder`; `url` is its DICOMweb root. With `users`
+    ({name: password}) it asks for HTTP Basic credentials, as a deployed PACS does."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, users: dict[str, str] | None = None):
         self.folder, self.port = folder, free_port()
         folder.mkdir(parents=True, exist_ok=True)
         config = {"Name": "PNEUMONIA-TESTS", "StorageDirectory": str(folder / "storage"),
                   "IndexDirectory": str(folder / "storage"), "HttpPort": self.port, "DicomServerEnabled": False,
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpCompressionEnabled": False,
+                  "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
+                  "HttpCompressionEnabled": False,
                   "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.process = None
@@ -39,6 +42,8 @@ class Orthanc:
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/system", timeout=2)
+                return self
+            except urllib.error.HTTPError:  # it answers (asking for credentials)
                 return self
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:

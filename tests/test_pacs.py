@@ -1,6 +1,7 @@
 """`trainer.predict --dicomweb`: screening a real PACS (Debian's Orthanc with its DICOMweb plugin, on loopback) over
 QIDO-RS and WADO-RS, and Structured Reports stored back with STOW-RS."""
 
+import base64
 import csv
 import json
 import os
@@ -20,6 +21,7 @@ from pydicom.data import get_testdata_file
 from tests.app_inputs import dicom_variants, grey_xray, write_dicom
 from tests.conftest import REPO_ROOT, cli_error
 from tests.pacs_server import DICOMWEB_PLUGIN, ORTHANC, Orthanc
+from trainer.pacs import parse_headers
 from trainer.predict import main as predict
 from trainer.predict import record_file
 
@@ -242,3 +244,41 @@ def test_two_processes_screen_the_pacs_as_one(archive, screened, served_run, tmp
         assert row["prediction"] == expected["prediction"] and row["error"] == expected["error"]
         if expected["PNEUMONIA"]:
             assert float(row["PNEUMONIA"]) == pytest.approx(float(expected["PNEUMONIA"]), abs=1e-6)
+
+
+def test_a_pacs_that_asks_for_credentials_and_a_model_from_the_hub(pushed_served_model, hub, tmp_path):
+    """A PACS with HTTP Basic users (as deployed): without or with wrong credentials, one line naming the URL and
+    --dicomweb_header, nothing written; with them, the Hub model's reports name its repo and commit."""
+    from huggingface_hub import HfApi
+
+    orthanc = Orthanc(tmp_path / "orthanc", users={"screening": "s3cret"}).start()
+    try:
+        good = "Authorization: Basic " + base64.b64encode(b"screening:s3cret").decode()
+        files = [in_study(write_dicom(tmp_path / f"x{i}.dcm", grey_xray()), STUDY, f"{STUDY}.1", ViewPosition="PA")
+                 for i in range(2)]
+        DICOMwebClient(orthanc.url, headers=parse_headers([good])).store_instances(
+            [pydicom.dcmread(path) for path in files])
+        output = tmp_path / "p.csv"
+        command = ["--dicomweb", orthanc.url, "--model", pushed_served_model, "--output", str(output),
+                   "--num_workers", "0", "--eager", "--store_results"]
+        wrong = "Authorization: Basic " + base64.b64encode(b"screening:guess").decode()
+        for credentials in ([], ["--dicomweb_header", wrong]):
+            message = cli_error(predict, command + credentials)
+            assert "\n" not in message and f"The PACS at {orthanc.url} refused the credentials (HTTP 401)" in message
+            assert "--dicomweb_header" in message and not output.exists()
+        predict(command + ["--dicomweb_header", good])
+        record = json.loads(record_file(output).read_text())
+        commit = HfApi().model_info(pushed_served_model).sha
+        assert record["model"] == pushed_served_model and record["revision"] == commit
+        found = DICOMwebClient(orthanc.url, headers=parse_headers([good])).search_for_instances(
+            search_filters={"Modality": "SR"})
+        assert len(found) == len(rows_of(output)) == 2
+        report = DICOMwebClient(orthanc.url, headers=parse_headers([good])).retrieve_instance(
+            *(found[0][tag]["Value"][0] for tag in ("0020000D", "0020000E", "00080018")))
+        parameters = [item.TextValue for item in content_items(report)
+                      if item.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"]
+        assert report_values(report)["Algorithm Version"] == commit  # the Hub revision a site can look up
+        assert f"model: {pushed_served_model}" in parameters
+        assert f"weights sha256: {record['weights_sha256']}" in parameters
+    finally:
+        orthanc.stop()

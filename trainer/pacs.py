@@ -7,14 +7,14 @@ agrees on the order and takes every N-th one, as for a folder. Each instance is 
 the project's one DICOM reader reads, then removed: never more than one instance per DataLoader worker on disk or
 in memory. The results' `path` is the instance's WADO-RS URL, so resuming and merging key on it as on a file path.
 
-The report is TID 1500 (Measurement Report) made with highdicom: the template IHE AI Results builds on, which
-viewers and archives that show AI results read. One measurement group references the screened image by SOP Instance
-UID and holds the decision (a finding: pneumonia, normal, or "not a chest X-ray"), P(PNEUMONIA), the threshold, the
-guard distance and limit; the algorithm identification names the model (its id and the sha256 of its weights and
-buffers, as the results file records it); the series description carries the research-only disclaimer. The
-report's UIDs are derived from the screened instance and the model's sha256, so a rerun recognises the report it
-stored before and stores nothing twice. Patient and study modules are copied from the source by highdicom, as DICOM
-requires; the report stays in the PACS.
+The report is TID 1500 (Measurement Report) made with highdicom: the template IHE AI Results builds on, which viewers
+and archives that show AI results read. One measurement group references the screened image by SOP Instance UID and
+holds the decision (a finding: pneumonia, normal, or "not a chest X-ray"), P(PNEUMONIA), the threshold, the guard
+distance and limit; the algorithm identification names the model (its id; as its version the Hub commit for a model
+loaded from the Hub, else the sha256 of its weights and buffers, as the results file records both); the series
+description carries the research-only disclaimer. The report's UIDs are derived from the screened instance and the
+model's sha256, so a rerun recognises the report it stored before and stores nothing twice. Patient and study modules
+are copied from the source by highdicom, as DICOM requires; the report stays in the PACS.
 """
 
 import math
@@ -168,8 +168,10 @@ def structured_report(source: pydicom.Dataset, row: dict, record: dict, series_u
     for keyword in TYPE_2:
         if keyword not in source:
             setattr(source, keyword, "")
-    algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM, version=record["weights_sha256"],
-                                              parameters=[f"model: {record['model']}"[:64]])
+    # the version a site can look up: the Hub commit for a model from the Hub, else the weights' sha256
+    algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM, version=record.get("revision") or record["weights_sha256"],
+                                              parameters=[f"model: {record['model']}",
+                                                          f"weights sha256: {record['weights_sha256']}"])
     probability = [hd.sr.Measurement(name=hd.sr.CodedConcept("PNEUMONIA_PROBABILITY", "99PNEUMODET",
                                                              "Calibrated probability of pneumonia"),
                                      value=float(row["PNEUMONIA"]), unit=codes.UCUM.NoUnits)] if row.get("PNEUMONIA") else []

@@ -42,7 +42,7 @@ from serving.files import atomic_write
 from serving.fingerprint import weights_sha256
 from serving.images import ArchiveWalk, InputImageError
 from serving.labels import NOT_A_CHEST_XRAY
-from serving.loading import ModelNotFound, add_model_argument, load_model
+from serving.loading import ModelNotFound, add_model_argument, hub_revision, load_model
 from serving.predictor import Predictor
 
 from .options import InferenceOptions, add_options
@@ -71,9 +71,11 @@ class ResultsOfAnotherModel(RuntimeError):
 
 
 def model_record(model, model_id: str) -> dict:
-    """What identifies the model behind a results file: its weights and buffers, and its operating point in words."""
-    return {"model": model_id, "weights_sha256": weights_sha256(model), "decision_threshold": model.threshold,
-            "temperature": float(model.temperature), "guard_limit": float(model.guard_threshold)}
+    """What identifies the model behind a results file: its id (and Hub commit), its weights and buffers, and its
+    operating point in words."""
+    return {"model": model_id, "revision": hub_revision(model_id), "weights_sha256": weights_sha256(model),
+            "decision_threshold": model.threshold, "temperature": float(model.temperature),
+            "guard_limit": float(model.guard_threshold)}
 
 
 def check_same_model(output: Path, record: dict) -> None:
