@@ -9,6 +9,8 @@ sensitivity:0.95@0.95`; "full" trains on all of train/. Every model is then meas
 test/ folder and on the project's non-X-ray images:
 - new: the model as saved (conformal guard limit at alpha 0.005, the bounded threshold, both calibrated on the
   validation images and, below 200 of them, the cross-fitted training images);
+- new, alpha 0.02: the same, with the guard's limit read off the run's calibration distances (splits.json) for
+  --guard_false_refusal 0.02;
 - today: the same weights and guard statistics with the limit at the 0.995 quantile of the validation images'
   distances, and the threshold `sensitivity:0.95` (the point estimate) with the temperature fitted on validation.
 Printed: the mean over subsamples of false refusals of real X-rays, refusals of non-X-rays, test sensitivity and
@@ -36,10 +38,12 @@ from serving import PneumoniaClassifier, Predictor  # noqa: E402
 from serving.labels import LABELS, POSITIVE_INDEX  # noqa: E402
 from trainer.calibration import choose_threshold, fit_temperature  # noqa: E402
 from trainer.data import patient_id  # noqa: E402
+from trainer.feature_guard import conformal_limit  # noqa: E402
 from trainer.recalibrate import site_logits  # noqa: E402
 
 TARGET = 0.95
 TODAY_QUANTILE = 0.995
+SMALL_SITE_ALPHA = 0.02  # the issue's tolerance for a small site's false refusals, as --guard_false_refusal
 
 
 def subsample(data_dir: Path, destination: Path, per_class: int | None, seed: int) -> Path:
@@ -86,7 +90,11 @@ def measure(output_dir: Path, data: Path, results: dict) -> dict[str, dict]:
 
     temperature = fit_temperature(val_logits, torch.from_numpy(val_labels))
     val_scores = (val_logits / temperature).softmax(dim=-1)[:, POSITIVE_INDEX].numpy()
+    calibration = np.array(splits["calibration"]["guard_distances"])
+    assert abs(conformal_limit(calibration, results["guard_false_refusal"])[0] - float(model.guard_threshold)) < 1e-3
     ways = {"new": (float(model.guard_threshold), float(model.temperature), model.threshold),
+            "new, alpha 0.02": (conformal_limit(calibration, SMALL_SITE_ALPHA)[0], float(model.temperature),
+                                model.threshold),
             "today": (float(np.quantile(val_distances, TODAY_QUANTILE)), temperature,
                       choose_threshold(val_labels, val_scores, f"sensitivity:{TARGET}"))}
     measured = {}
@@ -123,12 +131,12 @@ def main() -> None:
             runs[size].append(measure(folder / "out", folder / "data", results))
             print(size, draw, json.dumps(runs[size][-1]), flush=True)
     (args.work_dir / "small_sites.json").write_text(json.dumps(runs, indent=1))
-    print(f"\n{'N/class':>8} {'way':>6} {'X-rays refused':>15} {'non-X-rays refused':>19} {'sensitivity':>12} "
+    print(f"\n{'N/class':>8} {'way':>16} {'X-rays refused':>15} {'non-X-rays refused':>19} {'sensitivity':>12} "
           f"{'specificity':>12} {'ROC-AUC':>8}  bound reached / realised sens >= {TARGET} when reached")
     for size, measured in runs.items():
-        for way in ("today", "new"):
+        for way in ("today", "new", "new, alpha 0.02"):
             mean = {key: np.mean([m[way][key] for m in measured]) for key in measured[0][way] if key != "bound_reached"}
-            line = (f"{size:>8} {way:>6} {mean['xrays_refused']:>15.3f} {mean['non_xrays_refused']:>19.3f} "
+            line = (f"{size:>8} {way:>16} {mean['xrays_refused']:>15.3f} {mean['non_xrays_refused']:>19.3f} "
                     f"{mean['sensitivity']:>12.3f} {mean['specificity']:>12.3f} {mean['roc_auc']:>8.3f}")
             if way == "new":
                 reached = [m for m in measured if m["new"]["bound_reached"]]

@@ -2,11 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from dataset_scripts.non_xray_images import non_xray_images
 from tests.conftest import SAMPLE_DIR
 from trainer import PneumoniaClassifier, Predictor
+from trainer.feature_guard import conformal_limit
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +81,8 @@ def test_a_small_sites_guard_keeps_its_stated_false_refusal_rate(small_site, tmp
     assert "at least\n59 are needed" in card or "at least 59 are needed" in card
     splits = json.loads((output_dir / "splits.json").read_text())
     assert splits["calibration"]["cross_fitted_training_images"] == 36
+    # the calibration distances, kept: the saved limit is read off them, as another alpha's would be
+    distances = splits["calibration"]["guard_distances"]
+    assert len(distances) == n and distances == sorted(distances)
+    assert conformal_limit(np.array(distances), 0.005)[0] == pytest.approx(float(predictor.model.guard_threshold),
+                                                                           abs=1e-3)

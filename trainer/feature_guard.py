@@ -45,10 +45,11 @@ def conformal_limit(distances: np.ndarray, false_refusal: float) -> tuple[float,
 
 def fit_feature_guard(train_statistics: np.ndarray, calibration_statistics: np.ndarray,
                       false_refusal: float = DEFAULT_FALSE_REFUSAL,
-                      cross_fitted_distances: np.ndarray | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """The guard's {"mean", "precision", "threshold"} tensors, and what its limit guarantees: fitted on the training
-    statistics, its limit conformal over the calibration images' distances (plus, in a small run, the training
-    images' cross-fitted ones)."""
+                      cross_fitted_distances: np.ndarray | None = None
+                      ) -> tuple[dict[str, torch.Tensor], dict, np.ndarray]:
+    """The guard's {"mean", "precision", "threshold"} tensors, what its limit guarantees, and the calibration
+    distances it was taken from: fitted on the training statistics, its limit conformal over the calibration images'
+    distances (plus, in a small run, the training images' cross-fitted ones)."""
     mean, precision = fit_guard_distribution(train_statistics)
     distances = guard_distances(calibration_statistics, mean, precision)
     if cross_fitted_distances is not None:
@@ -56,4 +57,4 @@ def fit_feature_guard(train_statistics: np.ndarray, calibration_statistics: np.n
     limit, achievable = conformal_limit(distances, false_refusal)
     guarantee = {"guard_false_refusal": false_refusal, "guard_false_refusal_achievable": achievable,
                  "guard_calibration_images": len(distances)}
-    return {"mean": mean, "precision": precision, "threshold": torch.tensor(limit)}, guarantee
+    return {"mean": mean, "precision": precision, "threshold": torch.tensor(limit)}, guarantee, distances

@@ -330,8 +330,8 @@ def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits
                            "by patient)" if cross_fitted is not None else
                            f"validation images {SMALL_VALIDATION} or more: the temperature, threshold and guard limit "
                            "are fitted on the validation images only")
-    guard, guard_guarantee = fit_feature_guard(train_statistics, val_statistics, config.guard_false_refusal,
-                                               cross_fitted)
+    guard, guard_guarantee, guard_distances = fit_feature_guard(train_statistics, val_statistics,
+                                                                config.guard_false_refusal, cross_fitted)
     temperature, threshold, bound = fit_operating_point(logits, labels, config.threshold_strategy)
     logger.info("not-an-X-ray guard: limit %.2f from %d calibration X-rays, refusing at most %.3g of X-rays like them "
                 "(asked %.3g)", float(guard["threshold"]), guard_guarantee["guard_calibration_images"],
@@ -343,7 +343,9 @@ def finalise_best_model(config: TrainingConfig, accelerator: Accelerator, splits
         model.set_operating_point(temperature, threshold)
         model.save_pretrained(best_dir)
         manifest = json.loads((output_dir / "splits.json").read_text())
-        write_json(manifest | {"calibration": calibration}, output_dir / "splits.json")
+        # the distances let the limit for another --guard_false_refusal be read off without retraining
+        distances = sorted(round(float(distance), 4) for distance in guard_distances)
+        write_json(manifest | {"calibration": calibration | {"guard_distances": distances}}, output_dir / "splits.json")
     accelerator.wait_for_everyone()
     return {"feature_guard_threshold": float(guard["threshold"]), "temperature": temperature,
             "decision_threshold": threshold, "threshold_strategy": config.threshold_strategy,
