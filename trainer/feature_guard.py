@@ -25,7 +25,9 @@ GUARD_FIT_IMAGES = 2000
 
 
 def fit_guard_distribution(statistics: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, precision) of the X-rays' statistics (N, S): Ledoit-Wolf shrinkage, precision in float64."""
+    """(mean, precision) of the X-rays' statistics (N, S): Ledoit-Wolf shrinkage, in the statistics' dtype. The
+    trainer's are float32, whose pseudo-inverse leaves out the directions of least variance; a float64 fit keeps them
+    and was no better (benchmarks/guard_precision.py). The model stores the precision in float64."""
     estimate = LedoitWolf().fit(statistics)
     return torch.from_numpy(estimate.location_).float(), torch.from_numpy(estimate.precision_)
 
