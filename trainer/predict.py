@@ -206,8 +206,6 @@ def main(argv=None) -> None:
     if args.store_heatmaps and not args.store_results:
         parser.error("--store_heatmaps adds overlays to the stored reports: it needs --store_results")
     listed_heatmaps = bool(args.heatmaps)
-    if args.store_heatmaps and not args.heatmaps:  # made to be stored, in a folder that goes with the run
-        args.heatmaps = Path(tempfile.mkdtemp(prefix="pneumonia-heatmaps-"))
 
     use_available_cores()
     state = Accelerator()  # as training starts: the processes, devices and nodes `accelerate launch` was given
@@ -236,14 +234,17 @@ def main(argv=None) -> None:
             args.heatmaps.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     share = Share(walk, set(rows_done(args.output)), state.process_index, state.num_processes)
+    if args.store_heatmaps and not listed_heatmaps:  # made only to be stored: a folder of this process's, removed
+        args.heatmaps = Path(tempfile.mkdtemp(prefix="pneumonia-heatmaps-"))
     try:
         predict_share(predictor, share, args.output, columns, args)
     except PacsError as error:  # raised in a DataLoader worker too: its last line is the message
         sys.exit(f"error: {str(error).strip().splitlines()[-1].removeprefix('trainer.pacs.PacsError: ')} The rows "
                  f"screened so far are kept; run the same command again to screen the rest.")
+    finally:
+        if args.store_heatmaps and not listed_heatmaps:
+            shutil.rmtree(args.heatmaps, ignore_errors=True)
     state.wait_for_everyone()
-    if args.store_heatmaps and not listed_heatmaps:
-        shutil.rmtree(args.heatmaps, ignore_errors=True)
     if state.is_main_process:
         rows, skipped = merge(args.output, walk, columns)
         print(summary(rows, skipped, args.output, model.threshold))
