@@ -4,6 +4,7 @@ screened into a CSV; also an MCP server, so agents can call the prediction as a 
     MODEL_ID=outputs/best python app.py      # or MODEL_ID=NAME/REPO; GRADIO_SERVER_PORT etc. are honoured
 """
 
+import atexit
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from serving.upload import DISCLAIMER, EXAMPLES_DIR, diagnose, example_files, ra
 
 MAX_FILE_SIZE = "25mb"
 SCRATCH = Path(tempfile.mkdtemp(prefix="pneumonia-app-"))  # each request's downloads, before Gradio copies them
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 SCRATCH_MAX_AGE_S = 600
 # WebP quality of what is only displayed: on the bundled X-rays 16% of a PNG's bytes at 45 dB PSNR (no visible
 # difference; Gradio's default, 80, is 10% at 41 dB)

@@ -1,9 +1,11 @@
 """Shared fixtures. Nothing here reaches the network: Hub traffic goes to a server on loopback."""
 
 import asyncio
+import atexit
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +18,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# Everything the tests and the processes they start write to a temporary folder (Gradio's client makes one per
+# downloaded file) lands in one folder of the session's, removed when it ends.
+SESSION_TMP = tempfile.mkdtemp(prefix="pneumonia-tests-")
+os.environ["TMPDIR"] = SESSION_TMP
+tempfile.tempdir = SESSION_TMP
+atexit.register(shutil.rmtree, SESSION_TMP, ignore_errors=True)
+
 # Read at import time by huggingface_hub / datasets: set before anything imports them. The Hub is
 # the test server on loopback (fixture `hub`); Xet uploads are off since only real Hubs speak Xet.
 HUB_PORT = free_port()
@@ -27,7 +36,6 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 # switch the client off here; tests of offline behaviour set it in their own subprocesses.
 os.environ["HF_HUB_OFFLINE"] = "0"
 
-import shutil  # noqa: E402
 import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
