@@ -48,24 +48,30 @@ UNSEEN_XRAYS = 600
 SMALL_SITE_ALPHA = 0.02  # the issue's tolerance for a small site's false refusals, as --guard_false_refusal
 
 
-def subsample(data_dir: Path, destination: Path, per_class: int | None, seed: int) -> Path:
-    """A Kaggle-layout folder of symlinks: whole patients drawn at random until `per_class` images per class (all
-    of train/ when None), and the whole test/ folder."""
+def drawn_images(data_dir: Path, per_class: int | None, seed: int) -> list[Path]:
+    """train/'s images of whole patients drawn at random until `per_class` images per class (all when None)."""
     rng = random.Random(seed)
+    chosen = []
     for label in LABELS:
         by_patient = defaultdict(list)
         for path in sorted((data_dir / "train" / label).glob("*.jpeg")):
             by_patient[patient_id(path.name)].append(path)
         patients = sorted(by_patient)
         rng.shuffle(patients)
-        chosen = []
+        taken = []
         for patient in patients:
-            if per_class is not None and len(chosen) >= per_class:
+            if per_class is not None and len(taken) >= per_class:
                 break
-            chosen += by_patient[patient]
-        (destination / "train" / label).mkdir(parents=True)
-        for path in chosen:
-            (destination / "train" / label / path.name).symlink_to(path)
+            taken += by_patient[patient]
+        chosen += taken
+    return chosen
+
+
+def subsample(data_dir: Path, destination: Path, per_class: int | None, seed: int) -> Path:
+    """A Kaggle-layout folder of symlinks: the drawn images (drawn_images) and the whole test/ folder."""
+    for path in drawn_images(data_dir, per_class, seed):
+        (destination / "train" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (destination / "train" / path.parent.name / path.name).symlink_to(path)
     (destination / "test").symlink_to(data_dir / "test")
     return destination
 
