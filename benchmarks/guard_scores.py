@@ -12,7 +12,6 @@ score: the mean over draws of test/ X-rays refused, of 600 X-rays of train/'s pa
 non-X-rays refused (with the worst draw's).
 """
 
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from sklearn.covariance import LedoitWolf
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.small_sites import UNSEEN_XRAYS, drawn_images  # noqa: E402
+from benchmarks.small_sites import UNSEEN_XRAYS, drawn_images, draws_parser  # noqa: E402
 from dataset_scripts.non_xray_images import non_xray_images  # noqa: E402
 from serving.images import read_image  # noqa: E402
 from trainer.cross_fit import SMALL_VALIDATION, folds  # noqa: E402
@@ -151,12 +150,7 @@ def simulate(extracted: dict, data_dir: Path, per_class: int | None, draw: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "chest_xray_224")
-    parser.add_argument("--sizes", nargs="+", default=["20", "50", "150", "500", "full"])
-    parser.add_argument("--subsamples", type=int, default=5, help="Random draws per size (full: one run).")
-    parser.add_argument("--work_dir", type=Path, default=Path("/tmp/guard_scores"))
-    args = parser.parse_args()
+    args = draws_parser(__doc__, Path("/tmp/guard_scores")).parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     draws = max(1 if size == "full" else args.subsamples for size in args.sizes)
     extracted = [extract(args.data_dir, 42 + draw, args.work_dir / f"statistics-{42 + draw}.npz")

@@ -126,13 +126,18 @@ def measure(output_dir: Path, data: Path, data_dir: Path, results: dict) -> dict
     return measured
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def draws_parser(description: str, work_dir: Path) -> argparse.ArgumentParser:
+    """The command line of a benchmark over small-site draws: the data, the sizes, draws per size, a work folder."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "chest_xray_224")
     parser.add_argument("--sizes", nargs="+", default=["20", "50", "150", "500", "full"])
     parser.add_argument("--subsamples", type=int, default=5, help="Random draws per size (full: one run).")
-    parser.add_argument("--work_dir", type=Path, default=Path("/tmp/small_sites"))
-    args = parser.parse_args()
+    parser.add_argument("--work_dir", type=Path, default=work_dir)
+    return parser
+
+
+def main() -> None:
+    args = draws_parser(__doc__, Path("/tmp/small_sites")).parse_args()
     runs = defaultdict(list)
     for size in args.sizes:
         for draw in range(1 if size == "full" else args.subsamples):
