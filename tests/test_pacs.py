@@ -102,7 +102,12 @@ def test_every_instance_gets_the_row_its_file_gets(archive, screened):
             expected["prediction"], expected["looks_like_chest_xray"], expected["view_position"],
             expected["frontal_view"])
         for column in ("NORMAL", "PNEUMONIA", "guard_distance"):
-            assert row[column] == expected[column], column
+            # the folder and the PACS batch the instances differently, and on some CPUs (AVX-512) a float32 output
+            # depends on its batch's size in the last digits
+            if expected[column]:
+                assert float(row[column]) == pytest.approx(float(expected[column]), rel=1e-5, abs=1e-7), column
+            else:  # the undecodable instance: no scores, from either source
+                assert row[column] == "", column
     errors = [row for row in from_pacs if row["error"]]
     assert len(errors) == 1 and "cannot be decoded" in errors[0]["error"]  # the corrupt one; the run went on
     assert {row["view_position"] for row in from_pacs} >= {"PA", "LL"}
