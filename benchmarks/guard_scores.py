@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import set_seed
-from sklearn.covariance import LedoitWolf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -27,13 +26,12 @@ sys.path.insert(0, str(REPO_ROOT))
 from benchmarks.small_sites import UNSEEN_XRAYS, drawn_images, draws_parser  # noqa: E402
 from dataset_scripts.non_xray_images import non_xray_images  # noqa: E402
 from serving.images import read_image  # noqa: E402
+from trainer.config import TrainingConfig  # noqa: E402
 from trainer.cross_fit import SMALL_VALIDATION, folds  # noqa: E402
 from trainer.data import held_out_patients, patient_id  # noqa: E402
 from trainer.feature_guard import DEFAULT_FALSE_REFUSAL, conformal_limit, fit_guard_distribution, guard_distances  # noqa: E402
 from trainer.model import model_for_training  # noqa: E402
 from trainer.train import guard_sample  # noqa: E402
-
-VAL_FRACTION = 0.1  # the trainer's default
 
 
 def trained(statistics: np.ndarray):
@@ -42,9 +40,8 @@ def trained(statistics: np.ndarray):
 
 
 def ledoit_wolf_float64(statistics: np.ndarray):
-    estimate = LedoitWolf().fit(statistics.astype(np.float64))
-    mean, precision = torch.from_numpy(estimate.location_), torch.from_numpy(estimate.precision_)
-    return lambda x: guard_distances(x, mean, precision)
+    mean, precision = fit_guard_distribution(statistics.astype(np.float64))
+    return lambda x: guard_distances(x.astype(np.float64), mean.double(), precision)
 
 
 def standardiser(statistics: np.ndarray):
@@ -128,7 +125,7 @@ def simulate(extracted: dict, data_dir: Path, per_class: int | None, draw: int) 
     index = {name: i for i, name in enumerate(names)}
     chosen = np.array([index[str(path.relative_to(data_dir))] for path in drawn_images(data_dir, per_class, draw)])
     in_validation = np.isin(patients[chosen], list(held_out_patients(labels[chosen], patients[chosen],
-                                                                     VAL_FRACTION, seed)))
+                                                                     TrainingConfig.val_fraction, seed)))
     validation, train = chosen[in_validation], chosen[~in_validation]
     guard_images = train[guard_sample(len(train), seed)]
     unseen = np.setdiff1d(np.arange(len(names)), chosen)
